@@ -1,0 +1,108 @@
+"""The ``csms`` command: one entry point, one subcommand per role.
+
+    csms run        embedded PostgreSQL+TimescaleDB, gateway, ingest and API in one process
+    csms serve      OCPP gateway + HTTP API (production role; needs --database-url)
+    csms ingest     ingest worker, MQTT → TimescaleDB (production role)
+    csms migrate    apply the SQL migrations and exit
+    csms db-url     print the URL of the database in use (embedded or configured)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
+
+from csms import __version__
+from csms.app import CentralSystem, migrate, run_ingest, run_until_stopped
+from csms.embedded_pg import EmbeddedPostgres
+from csms.errors import CsmsError
+from csms.logging_setup import configure_logging
+from schemas.settings import Settings, SettingsError, add_setting_flags, load_settings
+
+logger = logging.getLogger("csms")
+
+ROLES = {
+    "run": "run everything in one process on an embedded database (development, demos, small sites)",
+    "serve": "run the OCPP gateway and the HTTP API",
+    "ingest": "run the ingest worker (MQTT bus → TimescaleDB)",
+    "migrate": "apply database migrations and exit",
+    "db-url": "print the URL of the database in use",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="csms", description="OCPP fleet telemetry backend")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in ROLES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_setting_flags(p, role=name)
+    return parser
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    cli = {k: v for k, v in vars(args).items() if k != "command" and isinstance(v, str)}
+    return load_settings(environ=environ, cli=cli)
+
+
+def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main`` with SIGINT/SIGTERM setting its stop event (the one owner of signals)."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args, os.environ if environ is None else environ)
+    except SettingsError as exc:
+        print(f"csms: {exc}", file=sys.stderr)
+        return 2
+    command: str = args.command
+    if command == "db-url":
+        return _db_url(settings)
+    configure_logging(settings.log_level)
+    try:
+        if command in ("run", "serve"):
+            def central(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+                system = CentralSystem(settings, embedded=command == "run")
+                return run_until_stopped(system.start, system.stop, stop)
+            _run_async(central)
+        elif command == "ingest":
+            _run_async(lambda stop: run_ingest(settings, stop))
+        elif command == "migrate":
+            if not settings.database_url:
+                print("csms: migrate needs --database-url (CSMS_DATABASE_URL)", file=sys.stderr)
+                return 2
+            applied = asyncio.run(migrate(settings.database_url, timeout_s=settings.db_connect_timeout_s))
+            print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    except (CsmsError, SettingsError, ValueError, OSError) as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0
+
+
+def _db_url(settings: Settings) -> int:
+    if settings.database_url:
+        print(settings.database_url)
+        return 0
+    state = EmbeddedPostgres.read_state_of(settings.data_dir)
+    if state is None:
+        print(f"csms: no embedded database in {settings.data_dir} yet; start it with `csms run`",
+              file=sys.stderr)
+        return 1
+    print(state.url())
+    return 0

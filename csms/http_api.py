@@ -1,0 +1,69 @@
+"""The HTTP side: /healthz, /metrics and the operator API under /api/v1.
+
+Operator endpoints require ``Authorization: Bearer <token>``; the token is compared
+in constant time. Public endpoints (health, metrics) are read-only.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from csms import __version__
+from csms.gateway import Gateway
+
+HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def create_app(*, registry: CollectorRegistry, api_token: str, health: HealthCheck,
+               pool: asyncpg.Pool | None, gateway: Gateway | None) -> FastAPI:
+    app = FastAPI(title="CSMS telemetry API", version=__version__,
+                  description="Operator API of the OCPP central system; reporting under /api/v1/reporting.")
+    token_bytes = api_token.encode()
+
+    def require_token(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token_bytes):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    operator = [Depends(require_token)]
+
+    @app.get("/healthz", tags=["public"])
+    async def healthz(response: Response) -> dict[str, Any]:
+        result = await health()
+        if not result.get("ok"):
+            response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return result
+
+    @app.get("/metrics", tags=["public"], response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/v1/connections", tags=["live"], dependencies=operator)
+    async def connections() -> list[dict[str, Any]]:
+        """Chargers with a live websocket on this node."""
+        if gateway is None:
+            return []
+        return [{"charge_point_id": c.charge_point_id, "ocpp_version": c.ocpp_version,
+                 "connected_since": c.connected_at.isoformat()} for c in gateway.registry.all()]
+
+    @app.get("/api/v1/charge-points", tags=["registry"], dependencies=operator)
+    async def charge_points(request: Request) -> list[dict[str, Any]]:
+        """Registered charge points with their last boot and last message times."""
+        if pool is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no database on this role")
+        rows = await pool.fetch(
+            "SELECT id, location_id, vendor, model, serial_number, firmware_version, ocpp_version, "
+            "registration_status, last_boot_at, last_seen_at FROM charge_points ORDER BY id LIMIT 10000")
+        live = {c.charge_point_id for c in gateway.registry.all()} if gateway else set()
+        return [{**dict(r), "connected": r["id"] in live} for r in rows]
+
+    return app

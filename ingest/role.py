@@ -1,0 +1,77 @@
+"""The ingest role, found by the ``csms`` command through the ``csms.roles`` entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry
+
+from ingest.maintenance import maintenance_loop
+from ingest.metrics import IngestMetrics
+from ingest.worker import InstrumentedWriter, MqttIngestWorker
+from ingest.writer import TimescaleWriter
+from schemas.events import Event
+from schemas.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAINTENANCE_INTERVAL_S = 3600.0
+
+
+class EmbeddedSink:
+    """In-process sink for ``csms run``: commits events, runs maintenance in the background."""
+
+    def __init__(self, *, writer: InstrumentedWriter, retention_days: int) -> None:
+        self._writer = writer
+        self._stop = asyncio.Event()
+        self._maintenance = asyncio.create_task(
+            maintenance_loop(writer.writer.pool, retention_days=retention_days,
+                             interval_s=MAINTENANCE_INTERVAL_S, stop=self._stop),
+            name="ingest-maintenance",
+        )
+
+    async def write(self, events: Sequence[Event]) -> None:
+        await self._writer.write(events)
+
+    async def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._maintenance
+        await self._writer.close()
+
+
+class _IngestRole:
+    async def open_sink(self, *, settings: Settings, database_url: str,
+                        registry: CollectorRegistry | None = None) -> EmbeddedSink:
+        metrics = IngestMetrics.create(registry if registry is not None else CollectorRegistry())
+        writer = await TimescaleWriter.connect(database_url=database_url, max_size=4,
+                                               connect_timeout_s=settings.db_connect_timeout_s)
+        return EmbeddedSink(writer=InstrumentedWriter(writer=writer, metrics=metrics),
+                            retention_days=settings.retention_days)
+
+    async def run_worker(self, *, settings: Settings, database_url: str, stop: asyncio.Event,
+                         registry: CollectorRegistry) -> None:
+        if not settings.mqtt_url:
+            raise ValueError("the ingest worker needs --mqtt-url (CSMS_MQTT_URL)")
+        metrics = IngestMetrics.create(registry)
+        writer = await TimescaleWriter.connect(database_url=database_url, max_size=settings.db_pool_max,
+                                               connect_timeout_s=settings.db_connect_timeout_s)
+        instrumented = InstrumentedWriter(writer=writer, metrics=metrics)
+        worker = MqttIngestWorker(writer=instrumented, metrics=metrics, mqtt_url=settings.mqtt_url,
+                                  client_id=f"csms-ingest-{settings.node_id}",
+                                  batch_max_rows=settings.ingest_batch_max_rows,
+                                  batch_max_delay_ms=settings.ingest_batch_max_delay_ms)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(worker.run(stop), name="ingest-mqtt")
+                tg.create_task(maintenance_loop(writer.pool, retention_days=settings.retention_days,
+                                                interval_s=MAINTENANCE_INTERVAL_S, stop=stop),
+                               name="ingest-maintenance")
+        finally:
+            await instrumented.close()
+
+
+ROLE = _IngestRole()

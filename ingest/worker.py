@@ -1,0 +1,164 @@
+"""The ingest worker: bus messages in, committed rows out.
+
+Standalone (``csms ingest``): a persistent MQTT session on a shared subscription,
+so N workers split the stream. Messages are batched by size and time, decoded,
+written in one idempotent transaction, and only then acknowledged. While the
+database is down the worker retries with back-off and takes nothing more from the
+broker (its in-flight window fills, so the broker holds the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import aiomqtt
+import asyncpg
+import msgspec
+
+from ingest.metrics import IngestMetrics
+from ingest.mqtt_consumer import AckingConsumer, ReceivedMessage, next_message
+from ingest.writer import TimescaleWriter, WriteResult
+from schemas.events import Event, EventBatch, count_rows, decode_batch
+from schemas.topics import committed_topic, events_subscription
+
+logger = logging.getLogger(__name__)
+
+
+class InstrumentedWriter:
+    """The writer with metrics: batch size, commit time, rows, duplicates, end-to-end lag."""
+
+    def __init__(self, *, writer: TimescaleWriter, metrics: IngestMetrics) -> None:
+        self._writer = writer
+        self._metrics = metrics
+
+    @property
+    def writer(self) -> TimescaleWriter:
+        return self._writer
+
+    async def write(self, events: Sequence[Event]) -> None:
+        await self.write_batch(events)
+
+    async def write_batch(self, events: Sequence[Event]) -> WriteResult:
+        started = time.perf_counter()
+        try:
+            result = await self._writer.write_batch(events)
+        except Exception:
+            self._metrics.write_failures.inc()
+            raise
+        self._metrics.commit_seconds.observe(time.perf_counter() - started)
+        self._metrics.batch_rows.observe(count_rows(list(events)))
+        for table, n in result.inserted.items():
+            self._metrics.rows_written.labels(table).inc(n)
+        for table, n in result.duplicates.items():
+            self._metrics.duplicates.labels(table).inc(n)
+        now = datetime.now(UTC)
+        for ev in events:
+            self._metrics.e2e_lag.observe(max(0.0, (now - ev.received_at).total_seconds()))
+        return result
+
+    async def close(self) -> None:
+        await self._writer.close()
+
+
+class MqttIngestWorker:
+    """Consume the bus from MQTT and commit batches, acknowledging after commit."""
+
+    def __init__(self, *, writer: InstrumentedWriter, metrics: IngestMetrics, mqtt_url: str, client_id: str,
+                 batch_max_rows: int, batch_max_delay_ms: int, max_in_flight_messages: int = 1000,
+                 retry_max_s: float = 10.0) -> None:
+        self._writer = writer
+        self._metrics = metrics
+        self._mqtt_url = mqtt_url
+        self._client_id = client_id
+        self._batch_max_rows = batch_max_rows
+        self._batch_max_delay_s = batch_max_delay_ms / 1000
+        self._max_in_flight = max_in_flight_messages
+        self._retry_max_s = retry_max_s
+        self.committed_batches = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                consumer = AckingConsumer(url=self._mqtt_url, client_id=self._client_id,
+                                          topic=events_subscription(), max_queued_messages=self._max_in_flight)
+                async with consumer:
+                    logger.info("ingest consuming %s as %s", events_subscription(), self._client_id)
+                    backoff = 0.2
+                    await self._consume(consumer, stop)
+            except aiomqtt.MqttError as exc:
+                logger.warning("MQTT connection lost (%s); reconnecting in %.1f s", exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, self._retry_max_s)
+
+    async def _consume(self, consumer: AckingConsumer, stop: asyncio.Event) -> None:
+        it = consumer.messages()
+        while not stop.is_set():
+            first = await next_message(it, 0.5)
+            if first is None:
+                continue
+            messages = [first]
+            batches = self._decode([first])
+            rows = sum(count_rows(b.events) for b in batches)
+            deadline = time.monotonic() + self._batch_max_delay_s
+            while rows < self._batch_max_rows:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                msg = await next_message(it, remaining)
+                if msg is None:
+                    break
+                messages.append(msg)
+                more = self._decode([msg])
+                batches.extend(more)
+                rows += sum(count_rows(b.events) for b in more)
+            self._metrics.queue_depth.set(consumer.pending())
+            await self._commit_with_retry(batches, stop)
+            for msg in messages:
+                consumer.ack(msg)
+            self.committed_batches += 1
+            await self._confirm(consumer, batches)
+
+    def _decode(self, messages: list[ReceivedMessage]) -> list[EventBatch]:
+        out = []
+        for msg in messages:
+            try:
+                out.append(decode_batch(msg.payload))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                # Acknowledged with its batch and counted: redelivering it would fail the same way.
+                self._metrics.malformed.inc()
+                logger.error("dropping undecodable bus message on %s (%d bytes): %s", msg.topic,
+                             len(msg.payload), exc)
+        return out
+
+    async def _commit_with_retry(self, batches: list[EventBatch], stop: asyncio.Event) -> None:
+        events = [e for b in batches for e in b.events]
+        if not events:
+            return
+        delay = 0.2
+        while True:
+            try:
+                await self._writer.write_batch(events)
+                return
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                if stop.is_set():
+                    raise
+                logger.warning("batch of %d events not committed (%s); retrying in %.1f s", len(events), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+
+    async def _confirm(self, consumer: AckingConsumer, batches: list[EventBatch]) -> None:
+        """Tell each publishing node the highest sequence number now committed (trims its outbox)."""
+        top: dict[str, int] = {}
+        for b in batches:
+            last = b.first_seq + len(b.events) - 1
+            top[b.node_id] = max(top.get(b.node_id, -1), last)
+        for node, seq in top.items():
+            with contextlib.suppress(aiomqtt.MqttError):
+                await consumer.publish(committed_topic(node), str(seq).encode())

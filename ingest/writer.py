@@ -1,0 +1,214 @@
+"""Idempotent batch writes to TimescaleDB.
+
+Each batch is one transaction. Time-series rows go by binary COPY into per-connection
+temporary staging tables, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` on the
+natural keys, so redelivered or retried data never doubles (and the number of rows
+that were absorbed as duplicates is known). Transactions are merged with
+order-independent upserts, so a Stop before its Start still ends as one session.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from schemas.events import ConnectionEvent, Event, MeterEvent, StatusEvent, TransactionEvent
+
+logger = logging.getLogger(__name__)
+
+_METER_COLUMNS = ("time", "charge_point_id", "evse_id", "connector_id", "transaction_uid", "measurand", "phase",
+                  "location", "context", "value", "unit", "raw_value", "raw_unit", "quality_flags", "received_at")
+_STATUS_COLUMNS = ("time", "charge_point_id", "evse_id", "connector_id", "status", "error_code", "vendor_id",
+                   "vendor_error_code", "info", "received_at")
+_CONN_COLUMNS = ("time", "charge_point_id", "event", "reason", "node_id", "ocpp_version", "detail")
+
+_STAGING = {
+    "meter_samples": ("stage_meter_samples", _METER_COLUMNS),
+    "connector_status": ("stage_connector_status", _STATUS_COLUMNS),
+    "connection_events": ("stage_connection_events", _CONN_COLUMNS),
+}
+
+_TX_UPSERT = """
+INSERT INTO transactions AS t (
+    charge_point_id, transaction_uid, ocpp16_transaction_id, evse_id, connector_id, id_token,
+    started_at, meter_start_wh, stopped_at, meter_stop_wh, stop_reason, stop_id_token,
+    charging_state, remote_start_id, last_seq_no, offline, quality_flags)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+ON CONFLICT (charge_point_id, transaction_uid) DO UPDATE SET
+    ocpp16_transaction_id = COALESCE(t.ocpp16_transaction_id, EXCLUDED.ocpp16_transaction_id),
+    evse_id        = COALESCE(t.evse_id, EXCLUDED.evse_id),
+    connector_id   = COALESCE(t.connector_id, EXCLUDED.connector_id),
+    id_token       = COALESCE(t.id_token, EXCLUDED.id_token),
+    -- the session starts at its earliest event, whichever arrives first
+    started_at     = LEAST(t.started_at, EXCLUDED.started_at),
+    meter_start_wh = COALESCE(t.meter_start_wh, EXCLUDED.meter_start_wh),
+    stopped_at     = COALESCE(t.stopped_at, EXCLUDED.stopped_at),
+    meter_stop_wh  = COALESCE(t.meter_stop_wh, EXCLUDED.meter_stop_wh),
+    stop_reason    = COALESCE(t.stop_reason, EXCLUDED.stop_reason),
+    stop_id_token  = COALESCE(t.stop_id_token, EXCLUDED.stop_id_token),
+    -- latest-wins fields follow the sequence number, not arrival order
+    charging_state = CASE WHEN EXCLUDED.last_seq_no IS NULL OR t.last_seq_no IS NULL
+                               OR EXCLUDED.last_seq_no >= t.last_seq_no
+                          THEN COALESCE(EXCLUDED.charging_state, t.charging_state)
+                          ELSE COALESCE(t.charging_state, EXCLUDED.charging_state) END,
+    remote_start_id = COALESCE(t.remote_start_id, EXCLUDED.remote_start_id),
+    last_seq_no    = GREATEST(t.last_seq_no, EXCLUDED.last_seq_no),
+    offline        = t.offline OR EXCLUDED.offline,
+    quality_flags  = t.quality_flags | EXCLUDED.quality_flags,
+    updated_at     = now()
+"""
+
+_TX_EVENT_INSERT = """
+INSERT INTO transaction_events (charge_point_id, transaction_uid, seq_no, event_type, time, trigger_reason,
+                                offline, received_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT DO NOTHING
+"""
+
+_BOOT_UPDATE = """
+UPDATE charge_points SET
+    vendor = COALESCE($2, vendor), model = COALESCE($3, model),
+    serial_number = COALESCE($4, serial_number), firmware_version = COALESCE($5, firmware_version),
+    ocpp_version = COALESCE(NULLIF($6, ''), ocpp_version),
+    last_boot_at = GREATEST(last_boot_at, $7), updated_at = now()
+WHERE id = $1
+"""
+
+_SEEN_UPDATE = """
+UPDATE charge_points AS c SET last_seen_at = GREATEST(c.last_seen_at, v.seen)
+FROM unnest($1::text[], $2::timestamptz[]) AS v(id, seen) WHERE c.id = v.id
+"""
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What one batch did: rows inserted per table, and rows absorbed as duplicates."""
+
+    inserted: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+
+
+async def init_connection(conn: asyncpg.Connection | PoolConnectionProxy) -> None:
+    """Pool ``init`` hook: staging tables live as long as the connection."""
+    for table, (stage, _) in _STAGING.items():
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+    # Binary jsonb (what COPY ... BINARY needs) is a version byte 1 followed by the JSON text.
+    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog",
+                              format="binary")
+
+
+def _jsonb_encode(value: object) -> bytes:
+    return b"\x01" + json.dumps(value, separators=(",", ":")).encode()
+
+
+def _jsonb_decode(data: bytes) -> object:
+    return json.loads(data[1:])
+
+
+class TimescaleWriter:
+    """Commit event batches idempotently; safe to call concurrently (one connection per batch)."""
+
+    def __init__(self, *, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, *, database_url: str, min_size: int = 1, max_size: int = 4,
+                      connect_timeout_s: float = 10.0) -> TimescaleWriter:
+        pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size,
+                                         init=init_connection, timeout=connect_timeout_s)
+        return cls(pool=pool)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def write(self, events: Sequence[Event]) -> None:
+        await self.write_batch(events)
+
+    async def write_batch(self, events: Sequence[Event]) -> WriteResult:
+        meter: list[tuple[Any, ...]] = []
+        status: list[tuple[Any, ...]] = []
+        conns: list[tuple[Any, ...]] = []
+        boots: list[ConnectionEvent] = []
+        txs: list[TransactionEvent] = []
+        seen: dict[str, datetime] = {}
+        for ev in events:
+            prev = seen.get(ev.charge_point_id)
+            if prev is None or ev.received_at > prev:
+                seen[ev.charge_point_id] = ev.received_at
+            if isinstance(ev, MeterEvent):
+                for s in ev.samples:
+                    meter.append((s.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.transaction_uid,
+                                  s.measurand, s.phase, s.location, s.context, s.value, s.unit,
+                                  s.raw_value, s.raw_unit, s.flags, ev.received_at))
+            elif isinstance(ev, StatusEvent):
+                status.append((ev.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.status,
+                               ev.error_code, ev.vendor_id, ev.vendor_error_code, ev.info, ev.received_at))
+            elif isinstance(ev, ConnectionEvent):
+                conns.append((ev.time, ev.charge_point_id, ev.event, ev.reason, ev.node_id, ev.ocpp_version,
+                              ev.detail))
+                if ev.event == "boot":
+                    boots.append(ev)
+            else:
+                txs.append(ev)
+        result = WriteResult()
+        async with self._pool.acquire() as conn, conn.transaction():
+            for table, rows in (("meter_samples", meter), ("connector_status", status),
+                                ("connection_events", conns)):
+                if rows:
+                    inserted = await _copy_dedup(conn, table, rows)
+                    result.inserted[table] = inserted
+                    result.duplicates[table] = len(rows) - inserted
+            if txs:
+                await _write_transactions(conn, txs, result)
+            for boot in boots:
+                d = boot.detail or {}
+                await conn.execute(_BOOT_UPDATE, boot.charge_point_id, d.get("vendor"), d.get("model"),
+                                   d.get("serial_number"), d.get("firmware_version"), boot.ocpp_version,
+                                   boot.time)
+            if seen:
+                await conn.execute(_SEEN_UPDATE, list(seen), list(seen.values()))
+        return result
+
+
+async def _copy_dedup(conn: asyncpg.Connection | PoolConnectionProxy, table: str, rows: list[tuple[Any, ...]]) -> int:
+    stage, columns = _STAGING[table]
+    await conn.copy_records_to_table(stage, records=rows, columns=list(columns))
+    cols = ", ".join(columns)
+    status = await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING")
+    await conn.execute(f"TRUNCATE {stage}")
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def _write_transactions(conn: asyncpg.Connection | PoolConnectionProxy, txs: list[TransactionEvent],
+                              result: WriteResult) -> None:
+    upserts = []
+    seq_rows = []
+    for ev in txs:
+        # Started/Updated bound the start from above (LEAST keeps the earliest); an Ended
+        # alone says nothing about when the session began, so it leaves started_at open.
+        started_at = ev.time if ev.kind != "ended" else None
+        stopped_at = ev.time if ev.kind == "ended" else None
+        upserts.append((ev.charge_point_id, ev.transaction_uid, ev.ocpp16_transaction_id, ev.evse_id,
+                        ev.connector_id, ev.id_token, started_at, ev.meter_start_wh, stopped_at,
+                        ev.meter_stop_wh, ev.stop_reason, ev.stop_id_token, ev.charging_state, ev.remote_start_id,
+                        ev.seq_no, ev.offline, ev.flags))
+        if ev.seq_no is not None:
+            seq_rows.append((ev.charge_point_id, ev.transaction_uid, ev.seq_no, ev.kind.capitalize(), ev.time,
+                             ev.trigger_reason or "", ev.offline, ev.received_at))
+    await conn.executemany(_TX_UPSERT, upserts)
+    result.inserted["transactions"] = len(upserts)
+    if seq_rows:
+        await conn.executemany(_TX_EVENT_INSERT, seq_rows)

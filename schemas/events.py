@@ -1,0 +1,154 @@
+"""Version-neutral bus events (schema version 1).
+
+The central system turns each data-carrying OCPP message into these events; the
+ingest worker writes them to TimescaleDB. They are msgspec structs: typed, frozen,
+and encoded compactly (MessagePack on MQTT, see ``schemas/BUS.md``). Values are
+already normalised to SI units (Wh, W, A, V, Percent, Celsius, Hz ...).
+
+Compatibility rule: within schema version 1, fields are only ever *added*, at the
+end, with a default, so an older worker can decode a newer producer's events.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+# Data-quality flags stored with samples and transactions (bit set), counted in metrics.
+FLAG_REGISTER_DECREASED = 1 << 0      # energy register went backwards
+FLAG_OUTSIDE_TRANSACTION = 1 << 1     # sample outside its transaction's window
+FLAG_FUTURE_TIMESTAMP = 1 << 2        # timestamp later than the receive time (beyond tolerance)
+FLAG_ANCIENT_TIMESTAMP = 1 << 3       # timestamp before 2010
+FLAG_METER_STOP_BELOW_START = 1 << 4  # meterStop < meterStart
+FLAG_IMPLAUSIBLE_UNIT = 1 << 5        # unit unknown for the measurand, or magnitude implausible
+FLAG_CONNECTOR_ZERO_TOTAL = 1 << 6    # connector 0: station main meter, not a session's energy
+FLAG_SCHEMA_TOLERATED = 1 << 7        # message failed schema validation, accepted in tolerant mode
+FLAG_UNPARSEABLE_VALUE = 1 << 8       # value could not be read as a number (kept raw)
+
+QUALITY_FLAG_NAMES: dict[int, str] = {
+    FLAG_REGISTER_DECREASED: "register_decreased",
+    FLAG_OUTSIDE_TRANSACTION: "outside_transaction",
+    FLAG_FUTURE_TIMESTAMP: "future_timestamp",
+    FLAG_ANCIENT_TIMESTAMP: "ancient_timestamp",
+    FLAG_METER_STOP_BELOW_START: "meter_stop_below_start",
+    FLAG_IMPLAUSIBLE_UNIT: "implausible_unit",
+    FLAG_CONNECTOR_ZERO_TOTAL: "connector_zero_total",
+    FLAG_SCHEMA_TOLERATED: "schema_tolerated",
+    FLAG_UNPARSEABLE_VALUE: "unparseable_value",
+}
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="t", omit_defaults=True):
+    """Common base: every event names its charge point and when the CSMS received it."""
+
+    charge_point_id: str
+    received_at: datetime
+
+
+class ConnectionEvent(_Event, frozen=True, tag="conn"):
+    """Websocket connected / disconnected, or a BootNotification (``event='boot'``)."""
+
+    time: datetime
+    event: Literal["connected", "disconnected", "boot"]
+    reason: str = ""
+    node_id: str = ""
+    ocpp_version: str = ""
+    # boot: vendor, model, serial_number, firmware_version, registration_status.
+    detail: dict[str, str] | None = None
+
+
+class StatusEvent(_Event, frozen=True, tag="status"):
+    """A connector status change (StatusNotification, NotifyEvent AvailabilityState)."""
+
+    time: datetime
+    evse_id: int
+    connector_id: int
+    status: str
+    error_code: str = ""
+    vendor_id: str = ""
+    vendor_error_code: str = ""
+    info: str = ""
+
+
+class Sample(msgspec.Struct, frozen=True, array_like=True):
+    """One sampled value, normalised (``value`` in ``unit``), with the raw text kept."""
+
+    time: datetime
+    measurand: str
+    phase: str
+    location: str
+    context: str
+    value: float
+    unit: str
+    raw_value: str
+    raw_unit: str
+    flags: int = 0
+
+
+class MeterEvent(_Event, frozen=True, tag="meter"):
+    """Samples of one MeterValues request or transaction message, on one EVSE/connector."""
+
+    evse_id: int
+    connector_id: int
+    transaction_uid: str  # '' when the sample belongs to no transaction
+    samples: list[Sample]
+
+
+class TransactionEvent(_Event, frozen=True, tag="tx"):
+    """A change to one transaction (1.6 Start/Stop, 2.0.1 TransactionEvent).
+
+    Writes are merges: set-once fields (start, stop) keep the first value seen, so
+    Stop before Start, or Ended before Started, still ends as one correct session.
+    """
+
+    transaction_uid: str
+    time: datetime
+    kind: Literal["started", "updated", "ended"]
+    ocpp16_transaction_id: int | None = None
+    evse_id: int | None = None
+    connector_id: int | None = None
+    id_token: str | None = None
+    meter_start_wh: float | None = None
+    meter_stop_wh: float | None = None
+    stop_reason: str | None = None
+    stop_id_token: str | None = None
+    charging_state: str | None = None
+    remote_start_id: int | None = None
+    seq_no: int | None = None
+    trigger_reason: str | None = None
+    offline: bool = False
+    flags: int = 0
+
+
+Event = ConnectionEvent | StatusEvent | MeterEvent | TransactionEvent
+
+
+class EventBatch(msgspec.Struct, frozen=True):
+    """What travels in one bus message: a node's events with its outbox sequence range."""
+
+    schema_version: int
+    node_id: str
+    first_seq: int
+    events: list[Event]
+    # When the CSMS received the oldest message in the batch (end-to-end lag metric).
+    oldest_received_at: datetime | None = None
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(EventBatch)
+
+
+def encode_batch(batch: EventBatch) -> bytes:
+    return _ENCODER.encode(batch)
+
+
+def decode_batch(data: bytes) -> EventBatch:
+    """Decode a bus message; raises ``msgspec.DecodeError``/``ValidationError`` if malformed."""
+    return _DECODER.decode(data)
+
+
+def count_rows(events: list[Event]) -> int:
+    """Rows an event list turns into (meter events count one per sample)."""
+    return sum(len(e.samples) if isinstance(e, MeterEvent) else 1 for e in events)

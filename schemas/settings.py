@@ -1,0 +1,171 @@
+"""The one typed, frozen settings object each process is started with.
+
+Built once at start-up from ``CSMS_*`` environment variables and command-line flags
+(flags win), validated, then passed down; inner code takes keyword arguments and
+never reads the environment. Every limit and timeout carries its unit in its name.
+
+The table of settings (flag, environment variable, default, unit) in the README is
+generated from ``SETTINGS_FIELDS`` and checked by a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def _opt(default: Any, help_text: str, *, roles: str = "all") -> Any:
+    return dataclasses.field(default=default, metadata={"help": help_text, "roles": roles})
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Process settings. Field names become ``--flag-name`` and ``CSMS_FIELD_NAME``."""
+
+    # Where the data lives and how roles talk.
+    database_url: str | None = _opt(None, "PostgreSQL+TimescaleDB URL; unset = embedded cluster in --data-dir")
+    mqtt_url: str | None = _opt(None, "MQTT broker URL (mqtt://host:port) for the bus; unset = in-process bus")
+    data_dir: Path = _opt(Path(".csms"), "directory of the embedded database and local state")
+    node_id: str = _opt(socket.gethostname(), "name of this node in events and metrics labels")
+    log_level: str = _opt("INFO", "log level (DEBUG shows OCPP frames)")
+
+    # OCPP websocket endpoint.
+    ocpp_host: str = _opt("0.0.0.0", "address the OCPP websocket server listens on", roles="run,serve")  # noqa: S104
+    ocpp_port: int = _opt(9000, "port of the OCPP websocket server", roles="run,serve")
+    ocpp_path: str = _opt("/ocpp", "base path; chargers connect to <path>/<chargePointId>", roles="run,serve")
+    ping_interval_s: float = _opt(60.0, "websocket ping interval (0 disables)", roles="run,serve")
+    ping_timeout_s: float = _opt(60.0, "close the connection when a pong is this late", roles="run,serve")
+    max_frame_bytes: int = _opt(262144, "largest OCPP frame accepted", roles="run,serve")
+    open_timeout_s: float = _opt(10.0, "time allowed for a websocket handshake", roles="run,serve")
+    heartbeat_interval_s: int = _opt(300, "Heartbeat interval sent in BootNotification", roles="run,serve")
+    call_timeout_s: float = _opt(30.0, "time a CSMS-initiated call waits for its answer", roles="run,serve")
+
+    # HTTP: API, /metrics, /healthz.
+    http_host: str = _opt("127.0.0.1", "address of the HTTP API and /metrics")
+    http_port: int = _opt(8080, "port of the HTTP API and /metrics")
+    api_token: str | None = _opt(None, "operator API bearer token; unset = generated into --data-dir")
+
+    # Database.
+    db_pool_min: int = _opt(1, "minimum database connections in the pool")
+    db_pool_max: int = _opt(10, "maximum database connections in the pool")
+    db_connect_timeout_s: float = _opt(10.0, "database connect timeout")
+    embedded_pg_port: int = _opt(0, "port of the embedded PostgreSQL (0 = pick a free one, then keep it)",
+                                 roles="run,db-url")
+    embedded_pg_start_timeout_s: float = _opt(60.0, "time allowed for the embedded PostgreSQL to start",
+                                              roles="run")
+
+    # Ingest batching.
+    ingest_batch_max_rows: int = _opt(5000, "rows per ingest batch at most", roles="run,ingest")
+    ingest_batch_max_delay_ms: int = _opt(200, "a batch is written at the latest this long after its first row",
+                                          roles="run,ingest")
+    retention_days: int = _opt(0, "drop time-series chunks older than this (0 = keep)", roles="run,ingest")
+
+    # Process lifecycle.
+    shutdown_timeout_s: float = _opt(10.0, "time allowed for an orderly shutdown")
+
+    def __post_init__(self) -> None:
+        for name in ("ocpp_port", "http_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise SettingsError(f"{name} must be a TCP port, got {port}")
+        if not self.ocpp_path.startswith("/"):
+            raise SettingsError(f"ocpp_path must start with '/', got {self.ocpp_path!r}")
+        if self.max_frame_bytes < 1024:
+            raise SettingsError("max_frame_bytes must be at least 1024")
+        if self.db_pool_min < 1 or self.db_pool_max < self.db_pool_min:
+            raise SettingsError("need 1 <= db_pool_min <= db_pool_max")
+        if self.ingest_batch_max_rows < 1 or self.ingest_batch_max_delay_ms < 0:
+            raise SettingsError("ingest batch limits must be positive")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise SettingsError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.api_token is not None and len(self.api_token) < 16:
+            raise SettingsError("api_token must be at least 16 characters")
+
+
+SETTINGS_FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Settings)
+ENV_PREFIX = "CSMS_"
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _field_type(field: dataclasses.Field[Any]) -> str:
+    return str(field.type).replace("typing.", "")
+
+
+def _convert(field: dataclasses.Field[Any], raw: str) -> Any:
+    kind = _field_type(field)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("bool"):
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind.startswith("Path"):
+            return Path(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{field.name}: cannot read {raw!r} as {kind}") from exc
+    if "None" in kind and raw == "":
+        return None
+    return raw
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, *, role: str) -> None:
+    """Add one flag per setting that applies to ``role``; defaults stay unset (None)."""
+    for field in SETTINGS_FIELDS:
+        roles = field.metadata["roles"]
+        if roles != "all" and role not in roles.split(","):
+            continue
+        parser.add_argument(
+            flag_name(field.name),
+            dest=field.name,
+            default=None,
+            metavar=field.name.upper().removesuffix("_URL") if field.name.endswith("_url") else None,
+            help=f"{field.metadata['help']} (env {env_name(field.name)}, default {field.default!s})",
+        )
+
+
+def load_settings(*, environ: Mapping[str, str], cli: Mapping[str, str | None] | None = None) -> Settings:
+    """Build the settings: defaults, then ``CSMS_*`` environment, then flags."""
+    values: dict[str, Any] = {}
+    cli = cli or {}
+    for field in SETTINGS_FIELDS:
+        raw = cli.get(field.name)
+        if raw is None:
+            raw = environ.get(env_name(field.name))
+        if raw is not None:
+            values[field.name] = _convert(field, raw)
+    return Settings(**values)
+
+
+def markdown_table() -> str:
+    """The README's configuration table (regenerate with ``python -m schemas.settings``)."""
+    lines = ["| Flag | Environment variable | Default | Roles | Meaning |", "|---|---|---|---|---|"]
+    for field in SETTINGS_FIELDS:
+        default = "(hostname)" if field.name == "node_id" else ("unset" if field.default is None
+                                                                else f"`{field.default}`")
+        lines.append(f"| `{flag_name(field.name)}` | `{env_name(field.name)}` | {default} | "
+                     f"{field.metadata['roles']} | {field.metadata['help']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(markdown_table())
