@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
@@ -22,14 +23,16 @@ from prometheus_client import CollectorRegistry
 
 from csms.embedded_pg import EmbeddedPostgres
 from csms.errors import ConfigurationError
-from csms.gateway import Gateway
+from csms.gateway import Gateway, GatewayLimits
+from csms.handshake import HandshakePolicy
 from csms.http_api import create_app
 from csms.metrics import GatewayMetrics
 from csms.mqtt_bus import MqttBus
+from csms.registry import DbServices
 from schemas.bus import Bus, InProcessBus
 from schemas.migrate import apply_migrations
 from schemas.roles import ClosableSink, load_ingest_role
-from schemas.settings import Settings
+from schemas.settings import Settings, tolerant_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -155,11 +158,7 @@ class CentralSystem:
             self.sink = await role.open_sink(settings=s, database_url=self.database_url, registry=self.registry)
             self.bus = InProcessBus(sink=self.sink, max_batch_rows=s.ingest_batch_max_rows)
         await self.bus.start()
-        metrics = GatewayMetrics.create(self.registry)
-        self.gateway = Gateway(host=s.ocpp_host, port=s.ocpp_port, base_path=s.ocpp_path, node_id=s.node_id,
-                               bus=self.bus, metrics=metrics, ping_interval_s=s.ping_interval_s,
-                               ping_timeout_s=s.ping_timeout_s, max_frame_bytes=s.max_frame_bytes,
-                               open_timeout_s=s.open_timeout_s)
+        self.gateway = build_gateway(s, pool=self.pool, bus=self.bus, registry=self.registry)
         await self.gateway.start()
         app = create_app(registry=self.registry, api_token=load_or_create_api_token(s), health=self.health,
                          pool=self.pool, gateway=self.gateway)
@@ -201,6 +200,41 @@ class CentralSystem:
         self._worker_stop.set()
         if self._worker_task is not None:
             await self._worker_task
+
+
+def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for security profiles 2 and 3: TLS 1.2 or newer only (A00.FR.313–315), no compression."""
+    if settings.security_profile < 2:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    assert settings.tls_cert_file is not None
+    assert settings.tls_key_file is not None
+    ctx.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    if settings.security_profile == 3:
+        assert settings.tls_client_ca_file is not None
+        ctx.verify_mode = ssl.CERT_REQUIRED  # unknown, invalid or expired certificates end the handshake
+        ctx.load_verify_locations(settings.tls_client_ca_file)
+    return ctx
+
+
+def build_gateway(s: Settings, *, pool: asyncpg.Pool, bus: Bus, registry: CollectorRegistry,
+                  validate_responses: bool = False) -> Gateway:
+    metrics = GatewayMetrics.create(registry)
+    policy = HandshakePolicy(pool=pool, endpoint_profile=s.security_profile, onboard_unknown=s.onboard_unknown,
+                             rate_per_s=s.handshake_rate_per_source_per_s, burst=s.handshake_burst_per_source)
+    services = DbServices(pool=pool, heartbeat_interval_s=s.heartbeat_interval_s,
+                          boot_retry_interval_s=s.boot_retry_interval_s, free_vend=s.free_vend)
+    limits = GatewayLimits(ping_interval_s=s.ping_interval_s, ping_timeout_s=s.ping_timeout_s,
+                           max_frame_bytes=s.max_frame_bytes, open_timeout_s=s.open_timeout_s,
+                           call_timeout_s=s.call_timeout_s, heartbeat_interval_s=s.heartbeat_interval_s,
+                           max_queued_calls=s.max_queued_calls_per_connection,
+                           max_queued_commands=s.max_queued_commands_per_charger)
+    return Gateway(host=s.ocpp_host, port=s.ocpp_port, base_path=s.ocpp_path, node_id=s.node_id, bus=bus,
+                   metrics=metrics, policy=policy, services=services, limits=limits,
+                   ssl_context=build_ssl_context(s), tolerant_models=tolerant_pairs(s),
+                   validate_responses=validate_responses)
 
 
 async def run_until_stopped(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]],

@@ -5,6 +5,7 @@
     csms ingest     ingest worker, MQTT → TimescaleDB (production role)
     csms migrate    apply the SQL migrations and exit
     csms db-url     print the URL of the database in use (embedded or configured)
+    csms charge-points|locations|id-tokens …   registry administration
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
+import asyncpg
+
 from csms import __version__
+from csms.admin_cli import ADMIN_COMMANDS, add_admin_commands, run_admin
 from csms.app import CentralSystem, migrate, run_ingest, run_until_stopped
 from csms.embedded_pg import EmbeddedPostgres
 from csms.errors import CsmsError
 from csms.logging_setup import configure_logging
-from schemas.settings import Settings, SettingsError, add_setting_flags, load_settings
+from schemas.settings import SETTINGS_FIELDS, Settings, SettingsError, add_setting_flags, load_settings
 
 logger = logging.getLogger("csms")
 
@@ -43,11 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in ROLES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_setting_flags(p, role=name)
+    add_admin_commands(sub)
     return parser
 
 
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    cli = {k: v for k, v in vars(args).items() if k != "command" and isinstance(v, str)}
+    names = {f.name for f in SETTINGS_FIELDS}
+    cli = {k: v for k, v in vars(args).items() if k in names and isinstance(v, str)}
     return load_settings(environ=environ, cli=cli)
 
 
@@ -74,6 +80,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     command: str = args.command
     if command == "db-url":
         return _db_url(settings)
+    if command in ADMIN_COMMANDS:
+        configure_logging("WARNING")
+        try:
+            return asyncio.run(run_admin(args, settings))
+        except (CsmsError, ValueError, OSError, asyncpg.PostgresError) as exc:
+            print(f"csms: {exc}", file=sys.stderr)
+            return 1
     configure_logging(settings.log_level)
     try:
         if command in ("run", "serve"):

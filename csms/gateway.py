@@ -1,8 +1,9 @@
-"""The OCPP websocket server: handshakes, connection registry, frame transport.
+"""The OCPP websocket server: handshakes, the connection registry, connection tasks.
 
 This module only moves data and owns tasks; what a frame means is decided by the
-pure protocol core (``csms.ocpp``). Identity comes from the last path segment,
-percent-decoded (OCPP-J 1.6 §3.1.1, 2.0.1 Part 4 §3.1.1).
+protocol core (``csms.ocpp``). Identity comes from the last path segment,
+percent-decoded (OCPP-J 1.6 §3.1.1, 2.0.1 Part 4 §3.1.1); who may connect is decided
+before the upgrade by ``csms.handshake``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import asyncio
 import contextlib
 import http
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
@@ -22,14 +24,18 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from csms.connection import ChargerConnection
+from csms.handshake import HandshakePolicy, HandshakeVerdict
 from csms.metrics import GatewayMetrics
+from csms.ocpp.context import ChargePointId, ProtocolState, Services
+from csms.ocpp.session import OcppSession
 from schemas.bus import Bus, BusError
 from schemas.events import ConnectionEvent
 
 logger = logging.getLogger(__name__)
 
 # OCPP-J subprotocol names (1.6J §3.1.2; 2.0.1 Part 4 §3.1.2; 2.1 Part 4 §3.1.2).
-SUPPORTED_SUBPROTOCOLS: tuple[str, ...] = ("ocpp2.0.1", "ocpp1.6")
+SUPPORTED_SUBPROTOCOLS: tuple[str, ...] = ("ocpp2.1", "ocpp2.0.1", "ocpp1.6")
 MAX_ID_LENGTH = 48  # 2.0.1 identifierString (Part 4 §3.1.1); also the 1.6 limit we apply
 
 # Reduced deflate windows: 2.0.1 Part 4 §3.3 requires permessage-deflate support, but the
@@ -77,6 +83,19 @@ def ocpp_version_of(subprotocol: str) -> str:
     return subprotocol.removeprefix("ocpp")
 
 
+def client_certificate_cn(connection: ServerConnection) -> str | None:
+    """The subject commonName of a verified client certificate (security profile 3)."""
+    transport = connection.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
 @dataclass(slots=True)
 class LiveConnection:
     """One charger's websocket, as the registry knows it."""
@@ -86,9 +105,7 @@ class LiveConnection:
     websocket: ServerConnection
     connected_at: datetime
     remote: str
-
-
-SessionRunner = Callable[[LiveConnection], Awaitable[None]]
+    charger: ChargerConnection | None = field(default=None)
 
 
 class ConnectionRegistry:
@@ -119,24 +136,40 @@ class ConnectionRegistry:
         return len(self._by_id)
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayLimits:
+    ping_interval_s: float
+    ping_timeout_s: float
+    max_frame_bytes: int
+    open_timeout_s: float
+    call_timeout_s: float
+    heartbeat_interval_s: int
+    max_queued_calls: int
+    max_queued_commands: int
+
+
 class Gateway:
     """Own the websocket server and every connection task."""
 
     def __init__(self, *, host: str, port: int, base_path: str, node_id: str, bus: Bus, metrics: GatewayMetrics,
-                 ping_interval_s: float, ping_timeout_s: float, max_frame_bytes: int, open_timeout_s: float,
-                 session_runner: SessionRunner | None = None) -> None:
+                 policy: HandshakePolicy, services: Services, limits: GatewayLimits,
+                 ssl_context: ssl.SSLContext | None = None,
+                 tolerant_models: frozenset[tuple[str, str]] = frozenset(),
+                 validate_responses: bool = False) -> None:
         self._host = host
         self._port = port
         self._base_path = base_path
         self._node_id = node_id
         self._bus = bus
         self._metrics = metrics
-        self._ping_interval_s = ping_interval_s or None
-        self._ping_timeout_s = ping_timeout_s or None
-        self._max_frame_bytes = max_frame_bytes
-        self._open_timeout_s = open_timeout_s
-        self._session_runner = session_runner or _drain_frames
+        self._policy = policy
+        self._services = services
+        self._limits = limits
+        self._ssl = ssl_context
+        self._tolerant_models = tolerant_models
+        self._validate_responses = validate_responses
         self.registry = ConnectionRegistry()
+        self._verdicts: dict[int, HandshakeVerdict] = {}
         self._server: Server | None = None
 
     @property
@@ -152,6 +185,7 @@ class Gateway:
             self._handle,
             self._host,
             self._port,
+            ssl=self._ssl,
             process_request=self._process_request,
             subprotocols=[Subprotocol(p) for p in SUPPORTED_SUBPROTOCOLS],
             select_subprotocol=self._select_subprotocol,
@@ -159,16 +193,15 @@ class Gateway:
             extensions=[ServerPerMessageDeflateFactory(
                 server_max_window_bits=DEFLATE_WINDOW_BITS, client_max_window_bits=DEFLATE_WINDOW_BITS,
                 compress_settings={"memLevel": DEFLATE_MEM_LEVEL})],
-            ping_interval=self._ping_interval_s,
-            ping_timeout=self._ping_timeout_s,
-            open_timeout=self._open_timeout_s,
-            max_size=self._max_frame_bytes,
-            # One frame at a time is read by the session; a few more may wait.
-            max_queue=16,
+            ping_interval=self._limits.ping_interval_s or None,
+            ping_timeout=self._limits.ping_timeout_s or None,
+            open_timeout=self._limits.open_timeout_s,
+            max_size=self._limits.max_frame_bytes,
+            max_queue=4,
             server_header=None,
         )
-        logger.info("OCPP websocket server listening on %s:%d%s/<chargePointId>", self._host, self.port,
-                    self._base_path.rstrip("/"))
+        logger.info("OCPP websocket server listening on %s://%s:%d%s/<chargePointId>",
+                    "wss" if self._ssl else "ws", self._host, self.port, self._base_path.rstrip("/"))
 
     def _select_subprotocol(self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]
                             ) -> Subprotocol | None:
@@ -177,17 +210,35 @@ class Gateway:
         chosen = choose_subprotocol(list(subprotocols), SUPPORTED_SUBPROTOCOLS)
         return Subprotocol(chosen) if chosen else None
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         cp_id = parse_charge_point_id(request.path, self._base_path)
         if cp_id is None:
             self._metrics.handshake_failures.labels("bad_path").inc()
             return _http_error(connection, http.HTTPStatus.NOT_FOUND, "unknown path or invalid charge point id")
+        source = str(connection.remote_address[0]) if connection.remote_address else ""
+        try:
+            verdict = await self._policy.check(charge_point_id=cp_id, source=source,
+                                               authorization=request.headers.get("Authorization"),
+                                               client_cert_cn=client_certificate_cn(connection))
+        except Exception:
+            logger.exception("handshake check for %s failed", cp_id)
+            self._metrics.handshake_failures.labels("internal_error").inc()
+            return _http_error(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "try again later")
+        if not verdict.admitted:
+            assert verdict.status is not None
+            self._metrics.handshake_failures.labels(verdict.reason).inc()
+            logger.info("refused %s from %s: %s", cp_id, source, verdict.reason)
+            headers = {"WWW-Authenticate": 'Basic realm="OCPP", charset="UTF-8"'} \
+                if verdict.status == http.HTTPStatus.UNAUTHORIZED else None
+            return _http_error(connection, verdict.status, verdict.message, headers)
+        self._verdicts[id(connection)] = verdict
         return None
 
     async def _handle(self, websocket: ServerConnection) -> None:
+        verdict = self._verdicts.pop(id(websocket), None)
         cp_id = parse_charge_point_id(websocket.request.path if websocket.request else "", self._base_path)
-        if cp_id is None:  # process_request already refused these
-            await websocket.close(1008, "invalid charge point id")
+        if cp_id is None or verdict is None or verdict.record is None:
+            await websocket.close(1008, "not admitted")
             return
         if websocket.subprotocol is None:
             self._metrics.handshake_failures.labels("no_subprotocol").inc()
@@ -196,23 +247,38 @@ class Gateway:
         version = ocpp_version_of(websocket.subprotocol)
         remote = str(websocket.remote_address[0]) if websocket.remote_address else ""
         conn = LiveConnection(cp_id, version, websocket, datetime.now(UTC), remote)
+        record = verdict.record
+        state = ProtocolState(charge_point_id=ChargePointId(cp_id), version=version,
+                              registration=record.registration_status,
+                              heartbeat_interval_s=self._limits.heartbeat_interval_s,
+                              tolerant=record.tolerant or (record.vendor_model in self._tolerant_models),
+                              node_id=self._node_id)
+        session = OcppSession(state=state, services=self._services, validate_responses=self._validate_responses)
+        conn.charger = ChargerConnection(socket=websocket, session=session, bus=self._bus, metrics=self._metrics,
+                                         call_timeout_s=self._limits.call_timeout_s,
+                                         max_queued_calls=self._limits.max_queued_calls,
+                                         max_queued_commands=self._limits.max_queued_commands)
         old = self.registry.add(conn)
         if old is not None:
             # R28: the newer authenticated connection wins; the old socket is usually half-open.
             logger.info("charge point %s reconnected; closing its previous connection", cp_id)
+            if old.charger is not None:
+                old.charger.outgoing.close()
             await old.websocket.close(1000, "replaced by a new connection")
         self._metrics.connections_opened.labels(version).inc()
         self._metrics.connected.labels(version).inc()
         await self._record(cp_id, "connected", "", version)
         reason = "closed"
         try:
-            await self._session_runner(conn)
+            await conn.charger.run()
         except ConnectionClosed as exc:
             reason = "closed_by_peer" if exc.rcvd is not None else "connection_lost"
         except Exception:
             reason = "error"
             logger.exception("connection handler for %s failed", cp_id)
         finally:
+            if websocket.close_code == 1001 and reason == "closed":
+                reason = "server_shutdown"
             self._metrics.connected.labels(version).dec()
             self._metrics.connections_closed.labels(reason).inc()
             self.registry.remove(conn)
@@ -240,12 +306,6 @@ class Gateway:
         self._server = None
 
 
-async def _drain_frames(conn: LiveConnection) -> None:
-    """Default runner before a protocol session is attached: read frames until closed."""
-    async for _ in conn.websocket:
-        pass
-
-
 def _http_error(connection: ServerConnection, status: http.HTTPStatus, text: str,
                 headers: dict[str, str] | None = None) -> Response:
     response = connection.respond(status, text + "\n")
@@ -253,4 +313,3 @@ def _http_error(connection: ServerConnection, status: http.HTTPStatus, text: str
         for k, v in headers.items():
             response.headers[k] = v
     return response
-

@@ -20,6 +20,10 @@ class GatewayMetrics:
     callerrors_sent: Counter
     callerrors_received: Counter
     bus_publish_seconds: Histogram
+    commands: Counter
+    command_seconds: Histogram
+    unsolicited_responses: Counter
+    tolerated: Counter
     build_info: Info
 
     @classmethod
@@ -51,5 +55,16 @@ class GatewayMetrics:
                                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                                    0.5, 1, 2.5),
                                           registry=registry),
+            commands=Counter("csms_commands_total", "CSMS-initiated calls to chargers, by action and outcome",
+                             ["action", "outcome"], registry=registry),
+            command_seconds=Histogram("csms_command_seconds", "Time from a command sent to its answer",
+                                      ["action"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                                      registry=registry),
+            unsolicited_responses=Counter("csms_ocpp_unsolicited_responses_total",
+                                          "CALLRESULT/CALLERROR frames matching no pending call (dropped)",
+                                          registry=registry),
+            tolerated=Counter("csms_ocpp_schema_violations_tolerated_total",
+                              "Messages that failed the schema but were accepted in tolerant mode, by action",
+                              ["action"], registry=registry),
             build_info=build,
         )

@@ -115,6 +115,10 @@ install_venv() {
         return 0
     fi
     say "creating the virtualenv at .venv and installing the project with its test extras"
+    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        say "python3 cannot create virtualenvs here: installing python3-venv"
+        apt_install python3-venv
+    fi
     python3 -m venv "$REPO_DIR/.venv"
     "$REPO_DIR/.venv/bin/python" -m pip install -q --upgrade pip
     "$REPO_DIR/.venv/bin/python" -m pip install -q -e "$REPO_DIR[test]"

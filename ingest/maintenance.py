@@ -16,7 +16,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 logger = logging.getLogger(__name__)
 
-HYPERTABLES = ("meter_samples", "connector_status", "connection_events")
+HYPERTABLES = ("meter_samples", "connector_status", "connection_events", "charger_messages")
 
 
 async def license_of(conn: asyncpg.Connection | PoolConnectionProxy) -> str:

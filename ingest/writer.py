@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from schemas.events import ConnectionEvent, Event, MeterEvent, StatusEvent, TransactionEvent
+from schemas.events import ConnectionEvent, Event, LogEvent, MeterEvent, StatusEvent, TransactionEvent
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +28,13 @@ _METER_COLUMNS = ("time", "charge_point_id", "evse_id", "connector_id", "transac
 _STATUS_COLUMNS = ("time", "charge_point_id", "evse_id", "connector_id", "status", "error_code", "vendor_id",
                    "vendor_error_code", "info", "received_at")
 _CONN_COLUMNS = ("time", "charge_point_id", "event", "reason", "node_id", "ocpp_version", "detail")
+_LOG_COLUMNS = ("time", "charge_point_id", "action", "payload", "digest", "received_at")
 
 _STAGING = {
     "meter_samples": ("stage_meter_samples", _METER_COLUMNS),
     "connector_status": ("stage_connector_status", _STATUS_COLUMNS),
     "connection_events": ("stage_connection_events", _CONN_COLUMNS),
+    "charger_messages": ("stage_charger_messages", _LOG_COLUMNS),
 }
 
 _TX_UPSERT = """
@@ -141,6 +143,7 @@ class TimescaleWriter:
         meter: list[tuple[Any, ...]] = []
         status: list[tuple[Any, ...]] = []
         conns: list[tuple[Any, ...]] = []
+        logs: list[tuple[Any, ...]] = []
         boots: list[ConnectionEvent] = []
         txs: list[TransactionEvent] = []
         seen: dict[str, datetime] = {}
@@ -161,12 +164,14 @@ class TimescaleWriter:
                               ev.detail))
                 if ev.event == "boot":
                     boots.append(ev)
+            elif isinstance(ev, LogEvent):
+                logs.append((ev.time, ev.charge_point_id, ev.action, ev.payload, ev.digest, ev.received_at))
             else:
                 txs.append(ev)
         result = WriteResult()
         async with self._pool.acquire() as conn, conn.transaction():
             for table, rows in (("meter_samples", meter), ("connector_status", status),
-                                ("connection_events", conns)):
+                                ("connection_events", conns), ("charger_messages", logs)):
                 if rows:
                     inserted = await _copy_dedup(conn, table, rows)
                     result.inserted[table] = inserted

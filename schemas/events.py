@@ -12,7 +12,7 @@ end, with a default, so an older worker can decode a newer producer's events.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -122,7 +122,17 @@ class TransactionEvent(_Event, frozen=True, tag="tx"):
     flags: int = 0
 
 
-Event = ConnectionEvent | StatusEvent | MeterEvent | TransactionEvent
+class LogEvent(_Event, frozen=True, tag="log"):
+    """Any other charger message worth keeping (firmware/diagnostics/log status, security
+    events, DataTransfer, NotifyReport, NotifyEvent ...), stored as JSON."""
+
+    time: datetime
+    action: str
+    payload: dict[str, Any]
+    digest: str  # hash of the payload: a retried message is stored once
+
+
+Event = ConnectionEvent | StatusEvent | MeterEvent | TransactionEvent | LogEvent
 
 
 class EventBatch(msgspec.Struct, frozen=True):

@@ -47,6 +47,30 @@ class Settings:
     open_timeout_s: float = _opt(10.0, "time allowed for a websocket handshake", roles="run,serve")
     heartbeat_interval_s: int = _opt(300, "Heartbeat interval sent in BootNotification", roles="run,serve")
     call_timeout_s: float = _opt(30.0, "time a CSMS-initiated call waits for its answer", roles="run,serve")
+    boot_retry_interval_s: int = _opt(60, "interval sent with a Pending or Rejected BootNotification",
+                                      roles="run,serve")
+    max_queued_calls_per_connection: int = _opt(32, "CALLs a charger may pipeline before its socket is not read",
+                                                roles="run,serve")
+    max_queued_commands_per_charger: int = _opt(16, "operator commands waiting for one charger at most",
+                                                roles="run,serve")
+
+    # Charger identity and security profiles (1.6 Security Whitepaper; 2.0.1 Part 2 A00).
+    security_profile: int = _opt(1, "endpoint security profile: 1 Basic auth, 2 TLS + Basic auth, 3 mutual TLS "
+                                    "(0 = no charger authentication, for a lab only)", roles="run,serve")
+    tls_cert_file: Path | None = _opt(None, "PEM certificate chain of the OCPP endpoint (profiles 2, 3)",
+                                      roles="run,serve")
+    tls_key_file: Path | None = _opt(None, "PEM private key of the OCPP endpoint (profiles 2, 3)", roles="run,serve")
+    tls_client_ca_file: Path | None = _opt(None, "PEM CA bundle that signs charger certificates (profile 3)",
+                                           roles="run,serve")
+    onboard_unknown: bool = _opt(False, "admit unknown charge point ids, answering BootNotification Pending",
+                                 roles="run,serve")
+    free_vend: bool = _opt(False, "accept every id token without looking it up", roles="run,serve")
+    tolerant_models: str = _opt("", "comma-separated vendor/model pairs whose schema violations are tolerated "
+                                    "and flagged instead of refused", roles="run,serve")
+    handshake_rate_per_source_per_s: float = _opt(50.0, "websocket handshakes per second per source address",
+                                                  roles="run,serve")
+    handshake_burst_per_source: int = _opt(500, "handshakes a source address may make in a burst",
+                                           roles="run,serve")
 
     # HTTP: API, /metrics, /healthz.
     http_host: str = _opt("127.0.0.1", "address of the HTTP API and /metrics")
@@ -86,8 +110,24 @@ class Settings:
             raise SettingsError("ingest batch limits must be positive")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.security_profile not in (0, 1, 2, 3):
+            raise SettingsError(f"security_profile must be 0, 1, 2 or 3, got {self.security_profile}")
+        if self.security_profile >= 2 and (self.tls_cert_file is None or self.tls_key_file is None):
+            raise SettingsError("security profiles 2 and 3 need tls_cert_file and tls_key_file")
+        if self.security_profile == 3 and self.tls_client_ca_file is None:
+            raise SettingsError("security profile 3 needs tls_client_ca_file to verify charger certificates")
         if self.api_token is not None and len(self.api_token) < 16:
             raise SettingsError("api_token must be at least 16 characters")
+
+
+def tolerant_pairs(settings: Settings) -> frozenset[tuple[str, str]]:
+    """``tolerant_models`` as (vendor, model) pairs, compared case-insensitively."""
+    pairs = set()
+    for item in settings.tolerant_models.split(","):
+        vendor, sep, model = item.strip().partition("/")
+        if sep and vendor and model:
+            pairs.add((vendor.strip().lower(), model.strip().lower()))
+    return frozenset(pairs)
 
 
 SETTINGS_FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Settings)
@@ -108,6 +148,8 @@ def _field_type(field: dataclasses.Field[Any]) -> str:
 
 def _convert(field: dataclasses.Field[Any], raw: str) -> Any:
     kind = _field_type(field)
+    if "None" in kind and raw == "":
+        return None
     try:
         if kind.startswith("int"):
             return int(raw)
@@ -123,8 +165,6 @@ def _convert(field: dataclasses.Field[Any], raw: str) -> Any:
             return Path(raw)
     except ValueError as exc:
         raise SettingsError(f"{field.name}: cannot read {raw!r} as {kind}") from exc
-    if "None" in kind and raw == "":
-        return None
     return raw
 
 
@@ -133,6 +173,11 @@ def add_setting_flags(parser: argparse.ArgumentParser, *, role: str) -> None:
     for field in SETTINGS_FIELDS:
         roles = field.metadata["roles"]
         if roles != "all" and role not in roles.split(","):
+            continue
+        if _field_type(field) == "bool":
+            parser.add_argument(flag_name(field.name), dest=field.name, action="store_const", const="true",
+                                default=None,
+                                help=f"{field.metadata['help']} (env {env_name(field.name)}=true)")
             continue
         parser.add_argument(
             flag_name(field.name),
@@ -167,5 +212,19 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def update_readme(path: Path) -> None:
+    """Rewrite the table between the settings-table markers of the README."""
+    text = path.read_text("utf-8")
+    start = text.index("<!-- settings-table:start")
+    start = text.index("\n", start) + 1
+    end = text.index("<!-- settings-table:end -->")
+    path.write_text(text[:start] + markdown_table() + "\n" + text[end:], "utf-8")
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(markdown_table())
+    import sys
+
+    if "--update-readme" in sys.argv:
+        update_readme(Path(__file__).resolve().parent.parent / "README.md")
+    else:
+        print(markdown_table())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -56,6 +57,21 @@ class CsmsProcess:
                 self.proc.wait(10)
                 raise
         return self.proc.returncode
+
+
+def basic_auth(charge_point_id: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{charge_point_id}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def csms_command(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+                 timeout_s: float = 120.0) -> str:
+    """Run a one-shot ``csms`` command; return its stdout, fail with its output otherwise."""
+    proc = subprocess.run([sys.executable, "-m", "csms", *args], cwd=cwd, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout_s, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"csms {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
 
 
 def start_csms(args: list[str], *, workdir: Path, env: dict[str, str] | None = None) -> CsmsProcess:

@@ -15,7 +15,9 @@ import pytest
 import websockets
 
 from tests.harness import make_shared_tmpdir
-from tests.processes import start_csms
+from tests.processes import basic_auth, csms_command, start_csms
+
+PASSWORD = "correct-horse-battery-staple"
 
 pytestmark = pytest.mark.integration
 
@@ -46,10 +48,14 @@ async def _events_of(url: str, cp_id: str) -> list[str]:
 
 
 async def test_run_serves_chargers_and_http_and_keeps_data_across_restarts(workdir: Path) -> None:
+    out = await asyncio.to_thread(csms_command, ["charge-points", "add", "CP-RUN-1", "--password", PASSWORD,
+                                                 "--data-dir", str(workdir / ".csms")])
+    assert "registered" in out
     first = start_csms(["run"], workdir=workdir)
     try:
         await asyncio.to_thread(first.wait_healthy)
-        async with websockets.connect(first.ws + "/CP-RUN-1", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+        async with websockets.connect(first.ws + "/CP-RUN-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                                      additional_headers=basic_auth("CP-RUN-1", PASSWORD)) as ws:
             assert ws.subprotocol == "ocpp1.6"
         async with httpx.AsyncClient(base_url=first.http) as http:
             metrics = await http.get("/metrics")
@@ -83,10 +89,13 @@ async def test_run_serves_chargers_and_http_and_keeps_data_across_restarts(workd
 
 
 async def test_run_refuses_a_charger_without_an_ocpp_subprotocol(workdir: Path) -> None:
+    await asyncio.to_thread(csms_command, ["charge-points", "add", "CP-X", "--password", PASSWORD,
+                                           "--data-dir", str(workdir / ".csms")])
     proc = start_csms(["run"], workdir=workdir)
     try:
         await asyncio.to_thread(proc.wait_healthy)
-        async with websockets.connect(proc.ws + "/CP-X", subprotocols=["ocpp1.2"]) as ws:  # type: ignore[list-item]
+        async with websockets.connect(proc.ws + "/CP-X", subprotocols=["ocpp1.2"],  # type: ignore[list-item]
+                                      additional_headers=basic_auth("CP-X", PASSWORD)) as ws:
             assert ws.subprotocol is None
             with pytest.raises(websockets.ConnectionClosedError) as info:
                 await ws.recv()

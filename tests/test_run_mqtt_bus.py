@@ -11,7 +11,9 @@ import pytest
 import websockets
 
 from tests.harness import MosquittoService, PostgresService, make_shared_tmpdir
-from tests.processes import start_csms
+from tests.processes import basic_auth, csms_command, start_csms
+
+PASSWORD = "correct-horse-battery-staple"
 
 pytestmark = pytest.mark.integration
 
@@ -20,11 +22,14 @@ async def test_connection_events_reach_timescaledb_through_mosquitto(postgres: P
                                                                     mosquitto: MosquittoService) -> None:
     db_url = postgres.create_database("mqtt")
     workdir = make_shared_tmpdir("csms-mqtt-")
+    await asyncio.to_thread(csms_command, ["charge-points", "add", "CP-MQTT", "--password", PASSWORD,
+                                           "--database-url", db_url])
     proc = start_csms(["run", "--database-url", db_url, "--mqtt-url", mosquitto.url, "--node-id", "node-a"],
                       workdir=workdir)
     try:
         await asyncio.to_thread(proc.wait_healthy)
-        async with websockets.connect(proc.ws + "/CP-MQTT", subprotocols=["ocpp2.0.1"]) as ws:  # type: ignore[list-item]
+        async with websockets.connect(proc.ws + "/CP-MQTT", subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                                      additional_headers=basic_auth("CP-MQTT", PASSWORD)) as ws:
             assert ws.subprotocol == "ocpp2.0.1"
         conn = await asyncpg.connect(db_url)
         try:

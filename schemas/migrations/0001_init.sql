@@ -36,8 +36,14 @@ CREATE TABLE charge_points (
     ocpp_version        text,
     credential_hash     text,                  -- argon2id hash of the Basic-auth password, never the password
     security_profile    smallint NOT NULL DEFAULT 1 CHECK (security_profile BETWEEN 0 AND 3),
+    -- The operator's decision for BootNotification: accept, keep pending, or reject.
+    admission           text NOT NULL DEFAULT 'accept' CHECK (admission IN ('accept', 'pending', 'reject')),
+    -- What the CSMS last answered to BootNotification; kept across reconnects and restarts
+    -- because a reconnecting charger does not boot again (1.6J §5.4; 2.0.1 Part 4 §5.3, R33).
     registration_status text NOT NULL DEFAULT 'Pending'
                         CHECK (registration_status IN ('Accepted', 'Pending', 'Rejected')),
+    -- Models known to break the schema in harmless ways: accept and flag instead of refusing.
+    tolerant            boolean NOT NULL DEFAULT false,
     last_boot_at        timestamptz,
     last_seen_at        timestamptz,
     created_at          timestamptz NOT NULL DEFAULT now(),
@@ -196,3 +202,16 @@ CREATE TABLE connection_events (
 SELECT create_hypertable('connection_events', by_range('time', INTERVAL '7 days'));
 CREATE UNIQUE INDEX connection_events_natural_key ON connection_events
     (charge_point_id, event, node_id, time);
+
+-- Other charger messages kept as JSON: firmware/diagnostics/log status, security events,
+-- DataTransfer, NotifyReport, NotifyEvent ... One row per distinct message.
+CREATE TABLE charger_messages (
+    time            timestamptz NOT NULL,
+    charge_point_id text NOT NULL,
+    action          text NOT NULL,
+    payload         jsonb NOT NULL,
+    digest          text NOT NULL,
+    received_at     timestamptz NOT NULL
+);
+SELECT create_hypertable('charger_messages', by_range('time', INTERVAL '7 days'));
+CREATE UNIQUE INDEX charger_messages_natural_key ON charger_messages (charge_point_id, action, digest, time);

@@ -1,0 +1,207 @@
+"""Meter values to SI samples, with data-quality flags (pure functions).
+
+1.6 ``sampledValue.value`` is a string (decimal, or hex SignedData) with a separate
+``unit`` (1.6J §7.43 defaults: measurand Energy.Active.Import.Register, unit Wh,
+context Sample.Periodic, location Outlet, format Raw); 2.0.1 values are numbers with
+``unitOfMeasure {unit, multiplier}`` where the real value is value × 10^multiplier
+(Part 2 §2.2 UnitOfMeasureType). Samples are stored in Wh, varh, VAh, W, var, VA, A,
+V, Hz, Percent and Celsius; the raw value and unit are kept alongside. Decimal
+strings are parsed exactly before conversion; billing uses the transaction's
+integer meter readings, not these floats.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from schemas.events import (
+    FLAG_ANCIENT_TIMESTAMP,
+    FLAG_CONNECTOR_ZERO_TOTAL,
+    FLAG_FUTURE_TIMESTAMP,
+    FLAG_IMPLAUSIBLE_UNIT,
+    FLAG_REGISTER_DECREASED,
+    FLAG_UNPARSEABLE_VALUE,
+    Sample,
+)
+
+DEFAULT_MEASURAND = "Energy.Active.Import.Register"
+EARLIEST_PLAUSIBLE = datetime(2010, 1, 1, tzinfo=UTC)
+FUTURE_TOLERANCE = timedelta(minutes=5)
+_DECIMAL = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
+
+# raw unit → (SI unit, factor, offset): si = raw × factor + offset
+_UNITS: dict[str, tuple[str, float, float]] = {
+    "Wh": ("Wh", 1.0, 0.0), "kWh": ("Wh", 1000.0, 0.0),
+    "varh": ("varh", 1.0, 0.0), "kvarh": ("varh", 1000.0, 0.0),
+    "VAh": ("VAh", 1.0, 0.0), "kVAh": ("VAh", 1000.0, 0.0),
+    "W": ("W", 1.0, 0.0), "kW": ("W", 1000.0, 0.0),
+    "var": ("var", 1.0, 0.0), "kvar": ("var", 1000.0, 0.0),
+    "VA": ("VA", 1.0, 0.0), "kVA": ("VA", 1000.0, 0.0),
+    "A": ("A", 1.0, 0.0), "V": ("V", 1.0, 0.0),
+    # 1.6 JSON errata 2.1: "Celcius" is accepted as well as "Celsius".
+    "Celsius": ("Celsius", 1.0, 0.0), "Celcius": ("Celsius", 1.0, 0.0),
+    "Fahrenheit": ("Celsius", 5 / 9, -32 * 5 / 9), "K": ("Celsius", 1.0, -273.15),
+    "Percent": ("Percent", 1.0, 0.0),
+    "Hz": ("Hz", 1.0, 0.0), "Hertz": ("Hz", 1.0, 0.0),  # 1.6 errata 3.86 spells it Hertz
+}
+
+# measurand prefix → (default unit, SI units that make sense, plausible SI range)
+_FAMILIES: list[tuple[str, str, frozenset[str], tuple[float, float]]] = [
+    ("Energy.Active.", "Wh", frozenset({"Wh"}), (0.0, 1e11)),
+    ("Energy.Reactive.", "varh", frozenset({"varh"}), (-1e11, 1e11)),
+    ("Energy.Apparent.", "VAh", frozenset({"VAh"}), (0.0, 1e11)),
+    ("Power.Active.", "W", frozenset({"W"}), (-5e6, 5e6)),
+    ("Power.Offered", "W", frozenset({"W"}), (0.0, 5e6)),
+    ("Power.Reactive.", "var", frozenset({"var"}), (-5e6, 5e6)),
+    ("Power.Factor", "", frozenset({""}), (-1.0, 1.0)),
+    ("Current.", "A", frozenset({"A"}), (-5000.0, 5000.0)),
+    ("Voltage", "V", frozenset({"V"}), (0.0, 2000.0)),
+    ("Frequency", "Hz", frozenset({"Hz"}), (0.0, 1000.0)),
+    ("SoC", "Percent", frozenset({"Percent"}), (0.0, 100.0)),
+    ("Temperature", "Celsius", frozenset({"Celsius"}), (-80.0, 300.0)),
+    ("RPM", "RPM", frozenset({"RPM"}), (0.0, 1e6)),
+]
+
+
+def _family(measurand: str) -> tuple[str, frozenset[str], tuple[float, float]] | None:
+    for prefix, default, units, rng in _FAMILIES:
+        if measurand.startswith(prefix):
+            return default, units, rng
+    return None
+
+
+def is_energy_register(measurand: str) -> bool:
+    return measurand.startswith("Energy.") and measurand.endswith(".Register")
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """RFC 3339 / ISO 8601 with offset (1.6 §3.15, 2.0.1 Part 2 §2.1.4); naive is read as UTC."""
+    if not isinstance(value, str):
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
+
+
+def timestamp_flags(ts: datetime, received_at: datetime) -> int:
+    flags = 0
+    if ts < EARLIEST_PLAUSIBLE:
+        flags |= FLAG_ANCIENT_TIMESTAMP
+    if ts > received_at + FUTURE_TOLERANCE:
+        flags |= FLAG_FUTURE_TIMESTAMP
+    return flags
+
+
+def _number(raw: object) -> Decimal | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return Decimal(raw)
+    if isinstance(raw, float):
+        return Decimal(repr(raw)) if math.isfinite(raw) else None
+    if isinstance(raw, str) and _DECIMAL.match(raw):
+        try:
+            return Decimal(raw.strip())
+        except InvalidOperation:
+            return None
+    return None
+
+
+def make_sample(*, time: datetime, received_at: datetime, raw_value: object, raw_unit: str | None,
+                multiplier: int, measurand: str | None, phase: str | None, location: str | None,
+                context: str | None, connector_zero: bool, signed: bool = False) -> Sample:
+    """One normalised sample; never raises, flags what it cannot make sense of."""
+    measurand = measurand or DEFAULT_MEASURAND
+    family = _family(measurand)
+    unit_in = raw_unit if raw_unit is not None else (family[0] if family else "")
+    flags = timestamp_flags(time, received_at)
+    number = None if signed else _number(raw_value)
+    si_unit, factor, offset = _UNITS.get(unit_in, (unit_in, 1.0, 0.0))
+    if number is None:
+        value = math.nan
+        flags |= FLAG_UNPARSEABLE_VALUE
+    else:
+        scaled = number.scaleb(multiplier) if multiplier else number
+        value = float(scaled) * factor + offset
+    if family is not None:
+        _, units, (low, high) = family
+        if si_unit not in units or (not math.isnan(value) and not low <= value <= high):
+            flags |= FLAG_IMPLAUSIBLE_UNIT
+    elif unit_in and unit_in not in _UNITS:
+        flags |= FLAG_IMPLAUSIBLE_UNIT
+    if connector_zero and is_energy_register(measurand):
+        flags |= FLAG_CONNECTOR_ZERO_TOTAL
+    return Sample(time=time, measurand=measurand, phase=phase or "", location=location or "",
+                  context=context or "", value=value, unit=si_unit, raw_value=str(raw_value)[:64],
+                  raw_unit=(unit_in if multiplier == 0 else f"{unit_in}e{multiplier}")[:32], flags=flags)
+
+
+def samples_v16(meter_values: list[dict[str, Any]], *, received_at: datetime, connector_id: int) -> list[Sample]:
+    """1.6 MeterValue[] (MeterValues.meterValue or StopTransaction.transactionData)."""
+    out: list[Sample] = []
+    for mv in meter_values:
+        ts = parse_timestamp(mv.get("timestamp")) or received_at
+        for sv in mv.get("sampledValue", ()):
+            out.append(make_sample(
+                time=ts, received_at=received_at, raw_value=sv.get("value"), raw_unit=sv.get("unit"),
+                multiplier=0, measurand=sv.get("measurand"), phase=sv.get("phase"),
+                location=sv.get("location") or "Outlet", context=sv.get("context") or "Sample.Periodic",
+                connector_zero=connector_id == 0, signed=sv.get("format") == "SignedData"))
+    return out
+
+
+def samples_v201(meter_values: list[dict[str, Any]], *, received_at: datetime, evse_id: int) -> list[Sample]:
+    """2.0.1/2.1 MeterValueType[] (MeterValues.meterValue or TransactionEvent.meterValue)."""
+    out: list[Sample] = []
+    for mv in meter_values:
+        ts = parse_timestamp(mv.get("timestamp")) or received_at
+        for sv in mv.get("sampledValue", ()):
+            uom = sv.get("unitOfMeasure") or {}
+            multiplier = uom.get("multiplier", 0)
+            out.append(make_sample(
+                time=ts, received_at=received_at, raw_value=sv.get("value"), raw_unit=uom.get("unit"),
+                multiplier=multiplier if isinstance(multiplier, int) and -20 <= multiplier <= 20 else 0,
+                measurand=sv.get("measurand"), phase=sv.get("phase"), location=sv.get("location") or "Outlet",
+                context=sv.get("context") or "Sample.Periodic", connector_zero=evse_id == 0))
+    return out
+
+
+def register_reading(samples: list[Sample], *, context: str | None = None) -> float | None:
+    """The Energy.Active.Import.Register value (Wh) among samples, optionally of one context."""
+    for s in samples:
+        if (s.measurand == DEFAULT_MEASURAND and s.phase == "" and not math.isnan(s.value)
+                and (context is None or s.context == context)):
+            return s.value
+    return None
+
+
+@dataclass
+class RegisterTracker:
+    """Flags energy registers that go backwards, per EVSE/connector/measurand/phase (J02.FR.16)."""
+
+    last: dict[tuple[int, int, str, str], tuple[datetime, float]] = field(default_factory=dict)
+
+    def check(self, evse_id: int, connector_id: int, samples: list[Sample]) -> list[Sample]:
+        out = []
+        for s in samples:
+            if is_energy_register(s.measurand) and not math.isnan(s.value):
+                key = (evse_id, connector_id, s.measurand, s.phase)
+                prev = self.last.get(key)
+                if prev is not None and s.time > prev[0] and s.value < prev[1]:
+                    s = Sample(s.time, s.measurand, s.phase, s.location, s.context, s.value, s.unit,
+                               s.raw_value, s.raw_unit, s.flags | FLAG_REGISTER_DECREASED)
+                if prev is None or s.time >= prev[0]:
+                    self.last[key] = (s.time, s.value)
+                if len(self.last) > 256:  # bounded per connection
+                    self.last.pop(next(iter(self.last)))
+            out.append(s)
+        return out

@@ -1,0 +1,132 @@
+"""One connection's protocol logic, without the socket: frames in, frames and events out.
+
+``OcppSession.parse`` classifies a frame; ``handle_call`` runs the checks in the order
+the spec implies and returns the answer frame plus the events that must be durable
+before that answer is sent:
+
+1. the action must be known (else NotImplemented) and be one a charger sends (else
+   NotSupported) — the spec meanings (R11), not the ``ocpp`` package's swapped ones;
+2. before BootNotification is Accepted only BootNotification (and what we triggered)
+   is allowed (SecurityError; B01.FR.10, B02.FR.09, B03.FR.07; 1.6 errata 3.10);
+3. the payload must match the official schema (strict), unless the charger is marked
+   tolerant, in which case the violation is recorded and counted instead;
+4. the handler decides; a handler failure is InternalError, never a dead connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from csms.ocpp import handlers_v16, handlers_v201
+from csms.ocpp.context import Context, ProtocolState, Services
+from csms.ocpp.errors import (
+    InternalError,
+    NotImplementedAction,
+    NotSupportedAction,
+    OcppError,
+    SecurityError,
+)
+from csms.ocpp.framing import (
+    Call,
+    Message,
+    build_call_error,
+    build_call_result,
+    parse_frame,
+)
+from csms.ocpp.handlers_common import Handler, log_event
+from csms.ocpp.validation import known_actions, validate
+from schemas.events import Event
+
+logger = logging.getLogger(__name__)
+
+HANDLERS: Mapping[str, Mapping[str, Handler]] = {
+    "1.6": handlers_v16.HANDLERS,
+    "2.0.1": handlers_v201.HANDLERS,
+    # 2.1 shares the 2.0.1 messages a charger sends for boot, status, authorisation,
+    # transactions and meter values; each is validated against the 2.1 schema.
+    "2.1": {a: h for a, h in handlers_v201.HANDLERS.items() if a in known_actions("2.1")},
+}
+PRE_BOOT_ACTIONS = {"1.6": handlers_v16.PRE_BOOT_ACTIONS, "2.0.1": handlers_v201.PRE_BOOT_ACTIONS,
+                    "2.1": handlers_v201.PRE_BOOT_ACTIONS}
+
+
+@dataclass(slots=True)
+class CallOutcome:
+    """The answer to one CALL and the events that must be durable before it is sent."""
+
+    action: str
+    frame: str
+    events: list[Event] = field(default_factory=list)
+    error_code: str | None = None
+    tolerated: bool = False
+
+
+class OcppSession:
+    def __init__(self, *, state: ProtocolState, services: Services, validate_responses: bool = False) -> None:
+        self.state = state
+        self.services = services
+        self._handlers = HANDLERS[state.version]
+        self._known = known_actions(state.version)
+        self._validate_responses = validate_responses
+
+    def parse(self, raw: str | bytes) -> Message:
+        """Classify a frame; raises FrameRejected (answer it) or FrameIgnored (do not)."""
+        return parse_frame(raw, self.state.version)
+
+    def error_frame(self, message_id: str, error: OcppError) -> str:
+        return build_call_error(message_id, error, self.state.version)
+
+    async def handle_call(self, call: Call, received_at: datetime) -> CallOutcome:
+        version = self.state.version
+        try:
+            handler = self._check(call)
+            tolerated = False
+            try:
+                validate(version, call.action, call.payload)
+            except OcppError as exc:
+                if not self.state.tolerant:
+                    raise
+                tolerated = True
+                logger.info("%s %s violates the schema (tolerated): %s", self.state.charge_point_id,
+                            call.action, exc.description)
+            ctx = Context(state=self.state, services=self.services, received_at=received_at,
+                          message_id=call.message_id)
+            try:
+                reply = await handler(ctx, call.payload)
+            except OcppError:
+                raise
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                if not tolerated:
+                    raise
+                # A tolerated payload the handler cannot read at all: refuse it after all.
+                raise InternalError(f"cannot interpret {call.action}: {type(exc).__name__}") from exc
+            if self._validate_responses:
+                validate(version, call.action, reply.payload, response=True)
+            events = list(reply.events)
+            if tolerated:
+                events.append(log_event(ctx, "SchemaViolation", {"action": call.action, "payload": call.payload}))
+            return CallOutcome(call.action, build_call_result(call.message_id, reply.payload), events,
+                               tolerated=tolerated)
+        except OcppError as exc:
+            return CallOutcome(call.action, self.error_frame(call.message_id, exc), error_code=exc.code)
+        except Exception:
+            logger.exception("handler for %s from %s failed", call.action, self.state.charge_point_id)
+            error = InternalError("the central system failed to process the message")
+            return CallOutcome(call.action, self.error_frame(call.message_id, error), error_code=error.code)
+
+    def _check(self, call: Call) -> Handler:
+        handler = self._handlers.get(call.action)
+        if handler is None:
+            if call.action in self._known:
+                raise NotSupportedAction(f"{call.action} is not sent by a charging station to the CSMS")
+            raise NotImplementedAction(f"unknown action {call.action[:64]!r}")
+        if (self.state.registration != "Accepted" and call.action not in PRE_BOOT_ACTIONS[self.state.version]
+                and call.action not in self.state.triggered):
+            raise SecurityError(f"{call.action} before BootNotification was accepted "
+                                f"(registration is {self.state.registration})")
+        return handler
+
+
