@@ -293,6 +293,10 @@ class Gateway:
         except BusError as exc:
             logger.warning("could not record %s of %s: %s", event, cp_id, exc)
 
+    def forget_credentials(self, charge_point_id: str) -> None:
+        """Drop cached credential checks after the charger's credentials changed."""
+        self._policy.verifier.forget(charge_point_id)
+
     async def close(self, *, timeout_s: float) -> None:
         """Stop accepting, close every connection with 1001 (going away), wait for handlers."""
         if self._server is None:

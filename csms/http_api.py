@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from csms import __version__
+from csms.api_operator import build_operator_router
 from csms.gateway import Gateway
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
@@ -47,23 +48,6 @@ def create_app(*, registry: CollectorRegistry, api_token: str, health: HealthChe
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/v1/connections", tags=["live"], dependencies=operator)
-    async def connections() -> list[dict[str, Any]]:
-        """Chargers with a live websocket on this node."""
-        if gateway is None:
-            return []
-        return [{"charge_point_id": c.charge_point_id, "ocpp_version": c.ocpp_version,
-                 "connected_since": c.connected_at.isoformat()} for c in gateway.registry.all()]
-
-    @app.get("/api/v1/charge-points", tags=["registry"], dependencies=operator)
-    async def charge_points(request: Request) -> list[dict[str, Any]]:
-        """Registered charge points with their last boot and last message times."""
-        if pool is None:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no database on this role")
-        rows = await pool.fetch(
-            "SELECT id, location_id, vendor, model, serial_number, firmware_version, ocpp_version, "
-            "registration_status, last_boot_at, last_seen_at FROM charge_points ORDER BY id LIMIT 10000")
-        live = {c.charge_point_id for c in gateway.registry.all()} if gateway else set()
-        return [{**dict(r), "connected": r["id"] in live} for r in rows]
+    app.include_router(build_operator_router(pool=pool, gateway=gateway), dependencies=operator)
 
     return app

@@ -32,7 +32,8 @@ from schemas.events import (
 DEFAULT_MEASURAND = "Energy.Active.Import.Register"
 EARLIEST_PLAUSIBLE = datetime(2010, 1, 1, tzinfo=UTC)
 FUTURE_TOLERANCE = timedelta(minutes=5)
-_DECIMAL = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
+# ASCII digits only: 1.6 `value` is a decimal (§7.43), and Decimal() would also take "١٢" or "1_000".
+_DECIMAL = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$", re.ASCII)
 
 # raw unit → (SI unit, factor, offset): si = raw × factor + offset
 _UNITS: dict[str, tuple[str, float, float]] = {
@@ -85,11 +86,11 @@ def parse_timestamp(value: object) -> datetime | None:
         return None
     try:
         ts = datetime.fromisoformat(value)
-    except ValueError:
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+        return ts.astimezone(UTC)
+    except (ValueError, OverflowError):  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
         return None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return ts.astimezone(UTC)
 
 
 def timestamp_flags(ts: datetime, received_at: datetime) -> int:
@@ -126,12 +127,16 @@ def make_sample(*, time: datetime, received_at: datetime, raw_value: object, raw
     flags = timestamp_flags(time, received_at)
     number = None if signed else _number(raw_value)
     si_unit, factor, offset = _UNITS.get(unit_in, (unit_in, 1.0, 0.0))
-    if number is None:
+    value = math.nan
+    if number is not None:
+        try:
+            scaled = number.scaleb(multiplier) if multiplier else number
+            value = float(scaled) * factor + offset
+        except ArithmeticError:  # decimal.Overflow: the exponent is beyond any meter
+            value = math.nan
+    if not math.isfinite(value):  # unreadable, or too large for a float (e.g. 1.7e308 × 10^3)
         value = math.nan
         flags |= FLAG_UNPARSEABLE_VALUE
-    else:
-        scaled = number.scaleb(multiplier) if multiplier else number
-        value = float(scaled) * factor + offset
     if family is not None:
         _, units, (low, high) = family
         if si_unit not in units or (not math.isnan(value) and not low <= value <= high):
@@ -169,7 +174,8 @@ def samples_v201(meter_values: list[dict[str, Any]], *, received_at: datetime, e
             multiplier = uom.get("multiplier", 0)
             out.append(make_sample(
                 time=ts, received_at=received_at, raw_value=sv.get("value"), raw_unit=uom.get("unit"),
-                multiplier=multiplier if isinstance(multiplier, int) and -20 <= multiplier <= 20 else 0,
+                multiplier=multiplier if isinstance(multiplier, int) and not isinstance(multiplier, bool)
+                and -20 <= multiplier <= 20 else 0,
                 measurand=sv.get("measurand"), phase=sv.get("phase"), location=sv.get("location") or "Outlet",
                 context=sv.get("context") or "Sample.Periodic", connector_zero=evse_id == 0))
     return out

@@ -16,6 +16,7 @@ value (enum, length, range, format, pattern) → PropertyConstraintViolation.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
@@ -32,6 +33,8 @@ from csms.ocpp.errors import (
 )
 
 Validator = Callable[[Any], Any]
+
+_INT64_LIMIT = 2**63  # orjson reads integers up to u64; larger ones become floats
 
 _PACKAGE_DIR = {"1.6": "v16", "2.0.1": "v201", "2.1": "v21"}
 
@@ -88,8 +91,19 @@ def schema_error(exc: fastjsonschema.JsonSchemaValueException) -> OcppError:
     """The OCPP error for a schema failure, naming the field but never echoing the frame."""
     cls = _RULE_TO_ERROR.get(exc.rule or "", PropertyConstraintViolation)
     field = (exc.name or "data").removeprefix("data").lstrip(".") or "payload"
-    return cls(f"{field}: {exc.message.removeprefix(exc.name or '').strip()}"[:255],
-               {"field": field, "rule": exc.rule or ""})
+    message = exc.message.removeprefix(exc.name or "").strip()
+    if exc.rule == "type" and _overflowed_integer(exc.value, exc.rule_definition):
+        # A JSON integer beyond 64 bits (e.g. connectorId 10^23) is read as a float, which the
+        # draft-04 (1.6) schemas call the wrong type; it is an integer out of range (R56, §1.3).
+        cls, message = PropertyConstraintViolation, "integer out of range"
+    return cls(f"{field}: {message}"[:255], {"field": field, "rule": exc.rule or ""})
+
+
+def _overflowed_integer(value: Any, expected: Any) -> bool:
+    """True for an integral float too large for the int orjson would have made of it."""
+    wants_integer = expected == "integer" or (isinstance(expected, list) and "integer" in expected)
+    return (wants_integer and isinstance(value, float) and math.isfinite(value) and value.is_integer()
+            and abs(value) >= _INT64_LIMIT)
 
 
 def validate(version: str, action: str, payload: dict[str, Any], *, response: bool = False) -> None:
