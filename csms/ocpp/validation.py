@@ -75,6 +75,10 @@ def known_actions(version: str) -> frozenset[str]:
 @cache
 def load_schema(version: str, action: str, response: bool) -> dict[str, Any]:
     path = _schema_dir(version) / schema_file_name(version, action, response=response)
+    if not response and not path.is_file():
+        # 2.1 SEND messages have no response, and their schema no "Request" suffix
+        # (NotifyPeriodicEventStream.json; 2.1 Part 4 §4.2.4).
+        path = _schema_dir(version) / f"{action}.json"
     # Some shipped schema files start with a UTF-8 byte-order mark.
     schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8-sig"))
     return schema
