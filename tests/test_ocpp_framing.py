@@ -81,7 +81,7 @@ def decoded(frame: str) -> list[Any]:
     return value
 
 
-# --- valid frames -------------------------------------------------------------------------------------------
+# --- valid frames ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -129,7 +129,7 @@ def test_action_of_64_chars_is_accepted(version: str) -> None:
     assert parse_frame(f'[2,"a","{action}",{{}}]', version) == Call("a", action, {})
 
 
-# --- not JSON -----------------------------------------------------------------------------------------------
+# --- not JSON -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -267,7 +267,7 @@ def test_unknown_message_type_on_21_is_ignored(mtype: int) -> None:
     assert "unknown message type" in ignored(f'[{mtype},"u1","Heartbeat",{{}}]', "2.1").reason
 
 
-# --- malformed CALLs ---------------------------------------------------------------------------------------------
+# --- malformed CALLs ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -315,7 +315,7 @@ def test_payload_not_an_object_on_16_is_spelled_formation_violation() -> None:
     assert decoded(frame)[:3] == [4, "p1", "FormationViolation"]
 
 
-# --- CALLRESULT / CALLERROR are never answered (R13) ---------------------------------------------------------------
+# --- CALLRESULT / CALLERROR are never answered (R13) ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -333,7 +333,7 @@ def test_call_error_with_odd_description_and_details_is_read_leniently(version: 
     assert parse_frame('[4,"e1","GenericError"]', version) == CallError("e1", "GenericError", "", {})
 
 
-# --- 2.1 SEND and CALLRESULTERROR --------------------------------------------------------------------------------
+# --- 2.1 SEND and CALLRESULTERROR -----------------------------------------------------------------------------
 
 
 def test_send_parses_on_21() -> None:
@@ -363,7 +363,7 @@ def test_send_and_call_result_error_on_16_are_ignored(raw: str) -> None:
     ignored(raw, "1.6")
 
 
-# --- building frames ------------------------------------------------------------------------------------------------
+# --- building frames ------------------------------------------------------------------------------------------
 
 
 def test_build_call_and_call_result_round_trip() -> None:

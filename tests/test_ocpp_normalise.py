@@ -61,7 +61,7 @@ def reg(value: float, time: datetime, *, measurand: str = DEFAULT_MEASURAND, pha
                   unit="Wh", raw_value=str(value), raw_unit="Wh")
 
 
-# --- units and multipliers ----------------------------------------------------------------------------------------
+# --- units and multipliers ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("raw", "unit", "measurand", "value", "si"), [
@@ -111,9 +111,9 @@ def test_201_multiplier_with_kwh_and_negative_multiplier() -> None:
     assert s.raw_unit == "Whe-1"
 
 
-def test_201_decimal_multiplier_is_exact() -> None:
+def test_201_multiplier_of_a_fraction() -> None:
     [s] = v201({"value": 0.1, "unitOfMeasure": {"unit": "Wh", "multiplier": 1}})
-    assert s.value == 1.0  # Decimal('0.1') × 10, not 0.1 × 10.0 in binary
+    assert s.value == 1.0
 
 
 def test_201_defaults_to_wh_and_no_multiplier() -> None:
@@ -163,7 +163,7 @@ def test_missing_timestamp_uses_received_at() -> None:
     assert s.time == NOW
 
 
-# --- unparseable values --------------------------------------------------------------------------------------------
+# --- unparseable values ---------------------------------------------------------------------------------------
 
 
 def test_signed_data_is_nan_and_flagged() -> None:
@@ -215,7 +215,7 @@ def test_201_string_value_with_overflowing_exponent_does_not_raise() -> None:
     assert s.flags & FLAG_UNPARSEABLE_VALUE
 
 
-# --- timestamps ---------------------------------------------------------------------------------------------------
+# --- timestamps -----------------------------------------------------------------------------------------------
 
 
 def test_timestamp_before_2010_is_flagged() -> None:
@@ -247,6 +247,10 @@ def test_16_samples_with_ancient_timestamp_are_flagged() -> None:
     ("2024-06-01T14:00:00+02:00", datetime(2024, 6, 1, 12, tzinfo=UTC)),
     ("2024-06-01T12:00:00.123Z", datetime(2024, 6, 1, 12, 0, 0, 123000, tzinfo=UTC)),
     ("2024-06-01T12:00:00", datetime(2024, 6, 1, 12, tzinfo=UTC)),  # naive is read as UTC
+    # RFC 3339 §5.6: "T" and "Z" may be lower case (the schemas' date-time format accepts both).
+    ("2024-06-01t12:00:00z", datetime(2024, 6, 1, 12, tzinfo=UTC)),
+    ("2024-06-01T12:00:00.5z", datetime(2024, 6, 1, 12, 0, 0, 500000, tzinfo=UTC)),
+    ("2024-06-01T14:00:00+0200", datetime(2024, 6, 1, 12, tzinfo=UTC)),
 ])
 def test_parse_timestamp(text: str, expected: datetime) -> None:
     ts = parse_timestamp(text)
@@ -268,7 +272,7 @@ def test_parse_timestamp_converts_other_offsets_to_utc() -> None:
     assert ts.utcoffset() == timedelta(0)
 
 
-# --- plausibility -------------------------------------------------------------------------------------------------
+# --- plausibility ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("measurand", "unit", "raw"), [
@@ -300,7 +304,7 @@ def test_energy_with_unit_w_in_16_message() -> None:
     assert s.flags & FLAG_IMPLAUSIBLE_UNIT
 
 
-# --- connector 0 --------------------------------------------------------------------------------------------------
+# --- connector 0 ----------------------------------------------------------------------------------------------
 
 
 def test_connector_zero_energy_register_is_flagged() -> None:
@@ -329,7 +333,7 @@ def test_is_energy_register() -> None:
     assert not is_energy_register("Power.Active.Import")
 
 
-# --- register tracking ----------------------------------------------------------------------------------------------
+# --- register tracking ----------------------------------------------------------------------------------------
 
 
 def test_register_decrease_is_flagged_when_the_later_sample_is_lower() -> None:
@@ -410,7 +414,7 @@ def test_register_tracker_is_bounded() -> None:
     assert len(tracker.last) <= 256
 
 
-# --- register_reading ------------------------------------------------------------------------------------------------
+# --- register_reading -----------------------------------------------------------------------------------------
 
 
 def test_register_reading_picks_the_import_register_of_a_context() -> None:

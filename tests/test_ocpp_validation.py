@@ -42,7 +42,7 @@ def meter_values_16(samples: int = 10) -> dict[str, Any]:
     return {"connectorId": 1, "transactionId": 17, "meterValue": [{"timestamp": TS, "sampledValue": sampled}]}
 
 
-# --- schemas and actions ----------------------------------------------------------------------------------------
+# --- schemas and actions --------------------------------------------------------------------------------------
 
 
 def test_known_action_counts() -> None:
@@ -101,7 +101,7 @@ def test_compiled_is_cached_and_warm_up_compiles() -> None:
     assert compiled("2.0.1", "Heartbeat", False) is compiled("2.0.1", "Heartbeat", False)
 
 
-# --- valid payloads --------------------------------------------------------------------------------------------------
+# --- valid payloads -------------------------------------------------------------------------------------------
 
 
 def test_ten_sample_16_meter_values_passes() -> None:
@@ -130,7 +130,7 @@ def test_response_schema_is_used_with_response_true() -> None:
     assert isinstance(failure("2.0.1", "Heartbeat", {}, response=True), OccurrenceConstraintViolation)
 
 
-# --- error mapping ---------------------------------------------------------------------------------------------------
+# --- error mapping --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("version", "action", "payload", "error", "rule"), [

@@ -5,9 +5,8 @@
 context Sample.Periodic, location Outlet, format Raw); 2.0.1 values are numbers with
 ``unitOfMeasure {unit, multiplier}`` where the real value is value × 10^multiplier
 (Part 2 §2.2 UnitOfMeasureType). Samples are stored in Wh, varh, VAh, W, var, VA, A,
-V, Hz, Percent and Celsius; the raw value and unit are kept alongside. Decimal
-strings are parsed exactly before conversion; billing uses the transaction's
-integer meter readings, not these floats.
+V, Hz, Percent and Celsius; the raw value and unit are kept alongside. Values are
+telemetry doubles; billing uses the transaction's integer meter readings.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from schemas.events import (
@@ -69,11 +67,22 @@ _FAMILIES: list[tuple[str, str, frozenset[str], tuple[float, float]]] = [
 ]
 
 
+_FAMILY_CACHE: dict[str, tuple[str, frozenset[str], tuple[float, float]] | None] = {}
+
+
 def _family(measurand: str) -> tuple[str, frozenset[str], tuple[float, float]] | None:
+    try:
+        return _FAMILY_CACHE[measurand]
+    except KeyError:
+        pass
+    found = None
     for prefix, default, units, rng in _FAMILIES:
         if measurand.startswith(prefix):
-            return default, units, rng
-    return None
+            found = (default, units, rng)
+            break
+    if len(_FAMILY_CACHE) < 1024:  # measurand names come from chargers: bound the cache
+        _FAMILY_CACHE[measurand] = found
+    return found
 
 
 def is_energy_register(measurand: str) -> bool:
@@ -102,19 +111,18 @@ def timestamp_flags(ts: datetime, received_at: datetime) -> int:
     return flags
 
 
-def _number(raw: object) -> Decimal | None:
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int):
-        return Decimal(raw)
-    if isinstance(raw, float):
-        return Decimal(repr(raw)) if math.isfinite(raw) else None
-    if isinstance(raw, str) and _DECIMAL.match(raw):
-        try:
-            return Decimal(raw.strip())
-        except InvalidOperation:
+def _number(raw: object) -> float | None:
+    """A finite number from a 1.6 decimal string or a 2.x JSON number (telemetry precision:
+    double, ~15 significant digits; billing uses the transactions' meter readings)."""
+    if isinstance(raw, str):
+        if not _DECIMAL.match(raw):
             return None
-    return None
+        value = float(raw)
+    elif isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    else:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def make_sample(*, time: datetime, received_at: datetime, raw_value: object, raw_unit: str | None,

@@ -1,0 +1,103 @@
+"""Closed-loop OCPP load: N connections, each with one CALL outstanding, for a bounded time.
+
+Usage: python -m csms.bench.load URL CONNECTIONS SECONDS PREFIX PASSWORD(-|pw) [BOOT(0|1)]
+Prints one JSON line: {"messages": n, "errors": e, "seconds": s, "latencies_ms": {...}}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+
+def meter_values_frame(message_id: str, tx: int, energy_wh: int) -> str:
+    """A typical 1.6 MeterValues: 10 sampled values with context, measurand, location and unit."""
+    ts = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{datetime.now(UTC).microsecond // 1000:03d}Z"
+
+    def sv(value: str, measurand: str, unit: str, phase: str | None = None) -> dict[str, Any]:
+        out = {"value": value, "context": "Sample.Periodic", "format": "Raw", "measurand": measurand,
+               "location": "Outlet", "unit": unit}
+        if phase:
+            out["phase"] = phase
+        return out
+
+    sampled = [sv(str(energy_wh), "Energy.Active.Import.Register", "Wh"),
+               sv("7400", "Power.Active.Import", "W"),
+               *(sv("32.0", "Current.Import", "A", p) for p in ("L1", "L2", "L3")),
+               *(sv("230.1", "Voltage", "V", p) for p in ("L1-N", "L2-N", "L3-N")),
+               sv("32", "Current.Offered", "A"), sv("54", "SoC", "Percent")]
+    payload = {"connectorId": 1, "transactionId": tx, "meterValue": [{"timestamp": ts, "sampledValue": sampled}]}
+    return json.dumps([2, message_id, "MeterValues", payload])
+
+
+async def _client(url: str, cp_id: str, password: str | None, boot: bool, stop_at: float,
+                  counts: list[int], latencies: list[float]) -> None:
+    import websockets
+
+    headers = {}
+    if password:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{cp_id}:{password}".encode()).decode()
+    async with websockets.connect(f"{url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                                  additional_headers=headers, compression=None, ping_interval=None,
+                                  open_timeout=30) as ws:
+        if boot:
+            await ws.send(json.dumps([2, "boot", "BootNotification", {"chargePointVendor": "Bench",
+                                                                      "chargePointModel": "Load"}]))
+            await ws.recv()
+        n = 0
+        energy = 1000
+        while time.monotonic() < stop_at:
+            n += 1
+            energy += 25
+            frame = meter_values_frame(f"{cp_id}-{n}", 1, energy)
+            sent = time.perf_counter()
+            await ws.send(frame)
+            reply = json.loads(await ws.recv())
+            latencies.append(time.perf_counter() - sent)
+            if reply[0] == 3:
+                counts[0] += 1
+            else:
+                counts[1] += 1
+
+
+async def run(url: str, connections: int, seconds: float, prefix: str, password: str | None, boot: bool,
+              warmup_s: float = 1.0) -> dict[str, Any]:
+    counts = [0, 0]
+    latencies: list[float] = []
+    start = time.monotonic()
+    stop_at = start + warmup_s + seconds
+    tasks = [asyncio.create_task(_client(url, f"{prefix}{i}", password, boot, stop_at, counts, latencies))
+             for i in range(connections)]
+    await asyncio.sleep(warmup_s)
+    base = counts[0]
+    measured_from = time.monotonic()
+    print(json.dumps({"marker": "measuring"}), flush=True)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    elapsed = time.monotonic() - measured_from
+    failures = [r for r in results if isinstance(r, BaseException)]
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 3) if latencies else 0.0
+
+    return {"messages": counts[0] - base, "total_ok": counts[0], "errors": counts[1] + len(failures),
+            "seconds": round(elapsed, 3),
+            "latencies_ms": {"p50": pct(0.5), "p99": pct(0.99)},
+            "first_failure": repr(failures[0])[:200] if failures else None}
+
+
+def main() -> None:
+    url, conns, seconds, prefix, password = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], \
+        sys.argv[5]
+    boot = len(sys.argv) > 6 and sys.argv[6] == "1"
+    result = asyncio.run(run(url, conns, seconds, prefix, None if password == "-" else password, boot))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

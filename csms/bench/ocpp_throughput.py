@@ -1,0 +1,212 @@
+"""OCPP MeterValues per CSMS core, next to the baselines measured in the same run.
+
+Each server runs in its own process pinned to CPU 0; the load generator runs pinned to
+CPU 1 (closed loop: N connections, one CALL outstanding each). The figure that matters
+is messages per CPU-second of the server process, because the machine is shared and
+wall-clock rates move with whatever else runs; the ratio to the raw websockets echo
+server measured in the same run is what we report.
+
+Servers: ``echo`` (websockets + json, the transport ceiling), ``ocpp-lib`` (the ``ocpp``
+package's own v1.6 ChargePoint, default settings) and ``csms`` (``csms serve``: strict
+schema validation on, answer only after the samples are committed to TimescaleDB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from csms.embedded_pg import EmbeddedPostgres, free_port
+from csms.registry import ChargePointSpec, add_charge_point
+from schemas.migrate import apply_migrations
+
+PASSWORD = "bench-password-0123456789"
+SERVER_CPU = 0
+LOAD_CPU = 1
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def _pin(cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {cpu})
+
+
+@dataclass
+class Figure:
+    server: str
+    messages: int
+    wall_s: float
+    server_cpu_s: float
+    msgs_per_s: float
+    msgs_per_cpu_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    total_ok: int
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+def _measure(server: str, cmd: list[str], port: int, *, connections: int, seconds: float, prefix: str,
+             password: str | None, boot: bool) -> Figure:
+    srv = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           preexec_fn=lambda: _pin(SERVER_CPU))
+    try:
+        _wait_port(port, srv)
+        load = subprocess.Popen([sys.executable, "-m", "csms.bench.load", f"ws://127.0.0.1:{port}/ocpp",
+                                 str(connections), str(seconds), prefix, password or "-", "1" if boot else "0"],
+                                stdout=subprocess.PIPE, text=True, preexec_fn=lambda: _pin(LOAD_CPU))
+        assert load.stdout is not None
+        cpu0 = wall0 = 0.0
+        result: dict[str, Any] = {}
+        for line in load.stdout:
+            data = json.loads(line)
+            if data.get("marker") == "measuring":
+                cpu0, wall0 = _cpu_seconds(srv.pid), time.monotonic()
+            else:
+                result = data
+        load.wait(timeout=seconds + 120)
+        cpu1, wall1 = _cpu_seconds(srv.pid), time.monotonic()
+        if not result:
+            raise RuntimeError(f"load generator for {server} printed no result")
+        cpu = max(cpu1 - cpu0, 1e-6)
+        wall = max(wall1 - wall0, 1e-6)
+        return Figure(server=server, messages=result["messages"], wall_s=round(wall, 2),
+                      server_cpu_s=round(cpu, 2), msgs_per_s=round(result["messages"] / result["seconds"], 1),
+                      msgs_per_cpu_s=round(result["messages"] / cpu, 1), p50_ms=result["latencies_ms"]["p50"],
+                      p99_ms=result["latencies_ms"]["p99"], errors=result["errors"], total_ok=result["total_ok"])
+    finally:
+        srv.terminate()
+        try:
+            srv.wait(15)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+
+
+async def _prepare_db(url: str, connections: int) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+    try:
+        await asyncio.gather(*(add_charge_point(pool, ChargePointSpec(id=f"BENCH{i}", password=PASSWORD))
+                               for i in range(connections)))
+    finally:
+        await pool.close()
+
+
+async def _stored_rows(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM meter_samples"))
+    finally:
+        await conn.close()
+
+
+def run(*, connections: int = 50, seconds: float = 8.0, database_url: str | None = None,
+        servers: tuple[str, ...] = ("echo", "ocpp-lib", "csms")) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="csms-bench-"))
+    tmp.chmod(0o755)
+    pg: EmbeddedPostgres | None = None
+    try:
+        if database_url is None:
+            pg = EmbeddedPostgres(data_dir=tmp / "pg", port=free_port())
+            database_url = pg.start().url()
+        asyncio.run(_prepare_db(database_url, connections))
+        figures: list[Figure] = []
+        for server in servers:
+            port = free_port()
+            if server == "csms":
+                cmd = [sys.executable, "-m", "csms", "serve", "--database-url", database_url, "--ocpp-port",
+                       str(port), "--ocpp-host", "127.0.0.1", "--http-port", str(free_port()), "--log-level",
+                       "WARNING", "--ping-interval-s", "0", "--data-dir", str(tmp / "state"),
+                       "--handshake-burst-per-source", "100000"]
+                figures.append(_measure(server, cmd, port, connections=connections, seconds=seconds,
+                                        prefix="BENCH", password=PASSWORD, boot=True))
+            else:
+                cmd = [sys.executable, "-m", "csms.bench.servers", server, str(port)]
+                figures.append(_measure(server, cmd, port, connections=connections, seconds=seconds,
+                                        prefix="LOAD", password=None, boot=False))
+        echo = next((f for f in figures if f.server == "echo"), None)
+        out: dict[str, Any] = {"benchmark": "ocpp_meter_values", "connections": connections, "seconds": seconds,
+                               "payload": "OCPP 1.6 MeterValues, 1 meterValue x 10 sampledValues",
+                               "figures": [asdict(f) for f in figures]}
+        if echo is not None:
+            out["ratio_to_echo_per_core"] = {f.server: round(f.msgs_per_cpu_s / echo.msgs_per_cpu_s, 3)
+                                             for f in figures}
+        if "csms" in servers:
+            csms_fig = next(f for f in figures if f.server == "csms")
+            stored = asyncio.run(_stored_rows(database_url))
+            out["csms_samples_stored"] = stored
+            out["csms_samples_expected"] = csms_fig.total_ok * 10
+        return out
+    finally:
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [f"OCPP MeterValues throughput ({result['payload']}; {result['connections']} connections, "
+             f"{result['seconds']} s each; server on one core)", "",
+             "| server | msgs/s (wall) | server CPU-s | msgs per CPU-second | ratio to echo | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|"]
+    ratios = result.get("ratio_to_echo_per_core", {})
+    for f in result["figures"]:
+        lines.append(f"| {f['server']} | {f['msgs_per_s']} | {f['server_cpu_s']} | {f['msgs_per_cpu_s']} | "
+                     f"{ratios.get(f['server'], '-')} | {f['p50_ms']} | {f['p99_ms']} |")
+    if "csms_samples_stored" in result:
+        lines.append("")
+        lines.append(f"csms: {result['csms_samples_stored']} samples committed for "
+                     f"{result['csms_samples_expected'] // 10} answered MeterValues "
+                     f"(expected {result['csms_samples_expected']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="csms bench ocpp")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--json", type=Path, help="also write the result as JSON here")
+    args = parser.parse_args(argv)
+    result = run(connections=args.connections, seconds=args.seconds)
+    print(render(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
