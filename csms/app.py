@@ -26,7 +26,7 @@ from csms.errors import ConfigurationError
 from csms.gateway import Gateway, GatewayLimits
 from csms.handshake import HandshakePolicy
 from csms.http_api import create_app
-from csms.metrics import GatewayMetrics
+from csms.metrics import BusMetrics, GatewayMetrics
 from csms.mqtt_bus import MqttBus
 from csms.registry import DbServices
 from schemas.bus import Bus, InProcessBus
@@ -149,7 +149,9 @@ class CentralSystem:
                                               timeout=s.db_connect_timeout_s)
         role = load_ingest_role()
         if s.mqtt_url:
-            self.bus = MqttBus(url=s.mqtt_url, node_id=s.node_id, max_batch_rows=s.ingest_batch_max_rows)
+            self.bus = MqttBus(url=s.mqtt_url, node_id=s.node_id, outbox_dir=s.data_dir / "outbox" / s.node_id,
+                               outbox_max_bytes=s.outbox_max_bytes, metrics=BusMetrics.create(self.registry),
+                               max_in_flight=s.mqtt_max_in_flight, resend_after_s=s.outbox_resend_after_s)
             if self.embedded:
                 self._worker_task = asyncio.create_task(
                     role.run_worker(settings=s, database_url=self.database_url, stop=self._worker_stop,

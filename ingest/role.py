@@ -63,7 +63,8 @@ class _IngestRole:
         worker = MqttIngestWorker(writer=instrumented, metrics=metrics, mqtt_url=settings.mqtt_url,
                                   client_id=f"csms-ingest-{settings.node_id}",
                                   batch_max_rows=settings.ingest_batch_max_rows,
-                                  batch_max_delay_ms=settings.ingest_batch_max_delay_ms)
+                                  batch_max_delay_ms=settings.ingest_batch_max_delay_ms,
+                                  max_in_flight_messages=settings.ingest_max_in_flight_messages)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(worker.run(stop), name="ingest-mqtt")

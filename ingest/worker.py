@@ -24,7 +24,9 @@ from ingest.metrics import IngestMetrics
 from ingest.mqtt_consumer import AckingConsumer, ReceivedMessage, next_message
 from ingest.writer import TimescaleWriter, WriteResult
 from schemas.events import Event, EventBatch, count_rows, decode_batch
-from schemas.topics import committed_topic, events_subscription
+from schemas.topics import committed_topic, events_subscription, valid_node_id
+
+_RANGES = msgspec.msgpack.Encoder()
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class MqttIngestWorker:
     """Consume the bus from MQTT and commit batches, acknowledging after commit."""
 
     def __init__(self, *, writer: InstrumentedWriter, metrics: IngestMetrics, mqtt_url: str, client_id: str,
-                 batch_max_rows: int, batch_max_delay_ms: int, max_in_flight_messages: int = 1000,
+                 batch_max_rows: int, batch_max_delay_ms: int, max_in_flight_messages: int,
                  retry_max_s: float = 10.0) -> None:
         self._writer = writer
         self._metrics = metrics
@@ -154,11 +156,18 @@ class MqttIngestWorker:
                 delay = min(delay * 2, self._retry_max_s)
 
     async def _confirm(self, consumer: AckingConsumer, batches: list[EventBatch]) -> None:
-        """Tell each publishing node the highest sequence number now committed (trims its outbox)."""
-        top: dict[str, int] = {}
+        """Tell each publishing node which sequence ranges are committed (trims its outbox).
+
+        Ranges, not a high-water mark: with several workers on the shared subscription,
+        batches of one node commit out of order. A lost confirmation only means the node
+        sends the batch again, and the duplicates are absorbed.
+        """
+        ranges: dict[str, list[tuple[int, int]]] = {}
         for b in batches:
-            last = b.first_seq + len(b.events) - 1
-            top[b.node_id] = max(top.get(b.node_id, -1), last)
-        for node, seq in top.items():
+            if b.events:
+                ranges.setdefault(b.node_id, []).append((b.first_seq, b.first_seq + len(b.events) - 1))
+        for node, spans in ranges.items():
+            if not valid_node_id(node):
+                continue
             with contextlib.suppress(aiomqtt.MqttError):
-                await consumer.publish(committed_topic(node), str(seq).encode())
+                await consumer.publish(committed_topic(node), _RANGES.encode(spans))

@@ -92,6 +92,17 @@ class Settings:
                                           roles="run,ingest")
     retention_days: int = _opt(0, "drop time-series chunks older than this (0 = keep)", roles="run,ingest")
 
+    # MQTT bus and the node's outbox (the durability point when the bus is MQTT).
+    outbox_max_bytes: int = _opt(1 << 30, "unconfirmed outbox bytes at most; beyond it data messages are refused "
+                                          "(chargers retry them)", roles="run,serve")
+    outbox_resend_after_s: float = _opt(30.0, "send unconfirmed outbox batches again after this long",
+                                        roles="run,serve")
+    mqtt_max_in_flight: int = _opt(16, "outbox batches published to MQTT without their PUBACK yet",
+                                   roles="run,serve")
+    ingest_max_in_flight_messages: int = _opt(1000, "bus messages an ingest worker holds unacknowledged (keep "
+                                                    "at or below Mosquitto's max_inflight_messages)",
+                                              roles="run,ingest")
+
     # Process lifecycle.
     shutdown_timeout_s: float = _opt(10.0, "time allowed for an orderly shutdown")
 

@@ -95,7 +95,7 @@ def main() -> None:
     url, conns, seconds, prefix, password = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], \
         sys.argv[5]
     boot = len(sys.argv) > 6 and sys.argv[6] == "1"
-    result = asyncio.run(run(url, conns, seconds, prefix, None if password == "-" else password, boot))
+    result = asyncio.run(run(url, conns, seconds, prefix, None if password == "-" else password, boot))  # noqa: S105
     print(json.dumps(result), flush=True)
 
 

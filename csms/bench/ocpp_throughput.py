@@ -31,7 +31,7 @@ from csms.embedded_pg import EmbeddedPostgres, free_port
 from csms.registry import ChargePointSpec, add_charge_point
 from schemas.migrate import apply_migrations
 
-PASSWORD = "bench-password-0123456789"
+PASSWORD = "bench-password-0123456789"  # noqa: S105 - a throw-away benchmark cluster
 SERVER_CPU = 0
 LOAD_CPU = 1
 

@@ -15,10 +15,14 @@ Handler = Callable[[Context, dict[str, Any]], Awaitable[Reply]]
 INT32_MAX = 2**31 - 1
 
 
+def iso_utc(moment: datetime) -> str:
+    """UTC with 'Z' and at most 3 fractional digits (2.0.1 Part 2 §2.1.4; R35); naive means UTC."""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def now_iso() -> str:
-    """UTC with 'Z' and at most 3 fractional digits (2.0.1 Part 2 §2.1.4; R35)."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return iso_utc(datetime.now(UTC))
 
 
 def int32(value: Any, field: str, *, minimum: int = -(2**31)) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from csms.ocpp.context import BootInfo, Context, IdToken, Reply, clean_text
-from csms.ocpp.handlers_common import Handler, acknowledge, int32, log_event, now_iso
+from csms.ocpp.handlers_common import Handler, acknowledge, int32, iso_utc, log_event, now_iso
 from csms.ocpp.normalise import parse_timestamp, samples_v16, timestamp_flags
 from schemas.events import (
     FLAG_METER_STOP_BELOW_START,
@@ -34,7 +34,7 @@ async def _id_tag_info(ctx: Context, id_tag: str) -> dict[str, Any]:
     decision = await ctx.services.authorize(ctx.state.charge_point_id, IdToken(id_tag))
     info: dict[str, Any] = {"status": decision.status if decision.status in _V16_AUTH else "Invalid"}
     if decision.expiry is not None:
-        info["expiryDate"] = decision.expiry.isoformat().replace("+00:00", "Z")
+        info["expiryDate"] = iso_utc(decision.expiry)
     if decision.group_id:
         info["parentIdTag"] = decision.group_id[:20]
     return info
@@ -134,8 +134,12 @@ async def stop_transaction(ctx: Context, p: dict[str, Any]) -> Reply:
         stop_id_token=id_tag, flags=flags)]
     data = p.get("transactionData")
     if isinstance(data, list) and data:
-        samples = samples_v16(data, received_at=ctx.received_at, connector_id=connector or 0)
-        samples = ctx.state.registers.check(evse_id or 0, connector_id or 0, samples)
+        # The connector is unknown when the Start was on another connection: these are still
+        # transaction samples, not connector-0 station totals (connector_id=-1 means "unknown").
+        samples = samples_v16(data, received_at=ctx.received_at, connector_id=connector if connector is not None
+                              else -1)
+        samples = ctx.state.registers.check(evse_id if evse_id is not None else -1,
+                                            connector_id if connector_id is not None else -1, samples)
         events.append(MeterEvent(charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at,
                                  evse_id=evse_id or 0, connector_id=connector_id or 0, transaction_uid=uid,
                                  samples=samples))

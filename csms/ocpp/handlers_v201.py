@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from csms.ocpp.context import BootInfo, Context, IdToken, Reply, clean_text
-from csms.ocpp.handlers_common import Handler, acknowledge, int32, log_event, now_iso
+from csms.ocpp.handlers_common import Handler, acknowledge, int32, iso_utc, log_event, now_iso
 from csms.ocpp.normalise import parse_timestamp, register_reading, samples_v201, timestamp_flags
 from schemas.events import ConnectionEvent, Event, MeterEvent, StatusEvent, TransactionEvent
 
@@ -22,7 +22,7 @@ async def _id_token_info(ctx: Context, id_token: dict[str, Any]) -> dict[str, An
     decision = await ctx.services.authorize(ctx.state.charge_point_id, IdToken(token))
     info: dict[str, Any] = {"status": decision.status}
     if decision.expiry is not None:
-        info["cacheExpiryDateTime"] = decision.expiry.isoformat().replace("+00:00", "Z")
+        info["cacheExpiryDateTime"] = iso_utc(decision.expiry)
     if decision.group_id:
         info["groupIdToken"] = {"idToken": decision.group_id[:36], "type": "Central"}
     return info

@@ -30,7 +30,7 @@ from schemas.events import (
 DEFAULT_MEASURAND = "Energy.Active.Import.Register"
 EARLIEST_PLAUSIBLE = datetime(2010, 1, 1, tzinfo=UTC)
 FUTURE_TOLERANCE = timedelta(minutes=5)
-# ASCII digits only: 1.6 `value` is a decimal (§7.43), and Decimal() would also take "١٢" or "1_000".
+# ASCII digits only: 1.6 `value` is a decimal (§7.43), and float() would also take "١٢" or "1_000".
 _DECIMAL = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$", re.ASCII)
 
 # raw unit → (SI unit, factor, offset): si = raw × factor + offset
@@ -93,6 +93,8 @@ def parse_timestamp(value: object) -> datetime | None:
     """RFC 3339 / ISO 8601 with offset (1.6 §3.15, 2.0.1 Part 2 §2.1.4); naive is read as UTC."""
     if not isinstance(value, str):
         return None
+    if value.endswith("z"):  # RFC 3339 §5.6 allows a lower-case "z"; fromisoformat() does not
+        value = value[:-1] + "Z"
     try:
         ts = datetime.fromisoformat(value)
         if ts.tzinfo is None:
@@ -137,10 +139,10 @@ def make_sample(*, time: datetime, received_at: datetime, raw_value: object, raw
     si_unit, factor, offset = _UNITS.get(unit_in, (unit_in, 1.0, 0.0))
     value = math.nan
     if number is not None:
-        try:
-            scaled = number.scaleb(multiplier) if multiplier else number
-            value = float(scaled) * factor + offset
-        except ArithmeticError:  # decimal.Overflow: the exponent is beyond any meter
+        try:  # value × 10^multiplier (2.0.1 Part 2 §2.2); dividing keeps 1234e-1 == 123.4
+            scaled = number * 10.0**multiplier if multiplier >= 0 else number / 10.0**-multiplier
+            value = scaled * factor + offset
+        except OverflowError:  # 10.0**multiplier beyond a double: no meter reads that
             value = math.nan
     if not math.isfinite(value):  # unreadable, or too large for a float (e.g. 1.7e308 × 10^3)
         value = math.nan

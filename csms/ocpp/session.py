@@ -104,7 +104,12 @@ class OcppSession:
                 # A tolerated payload the handler cannot read at all: refuse it after all.
                 raise InternalError(f"cannot interpret {call.action}: {type(exc).__name__}") from exc
             if self._validate_responses:
-                validate(version, call.action, reply.payload, response=True)
+                try:
+                    validate(version, call.action, reply.payload, response=True)
+                except OcppError as exc:
+                    # Our own answer is wrong: that is our failure, not the charger's (ref. §2.5).
+                    logger.error("response to %s fails its schema: %s", call.action, exc.description)
+                    raise InternalError("the central system built an invalid response") from None
             events = list(reply.events)
             if tolerated:
                 events.append(log_event(ctx, "SchemaViolation", {"action": call.action, "payload": call.payload}))

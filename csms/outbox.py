@@ -1,0 +1,268 @@
+"""The node's outbox: a bounded, fsync'ed, append-only log of event batches.
+
+A charger's data-carrying message is answered only once its events are durable. On a
+node that publishes to MQTT that point is here: Mosquitto persists only periodic
+snapshots, so a PUBACK does not mean "on disk". Appends are group-committed: every
+append that arrives while a write+fsync is in flight joins the next one.
+
+Each record is one ``EventBatch`` (MessagePack) with a consecutive sequence range. The
+log is trimmed only when the ingest side confirms that the records' rows are committed
+(``csms/v1/committed/<node>``); until then the records are kept, survive a crash of the
+process, and are sent again. When the log reaches ``max_bytes`` new appends are refused
+(``BusFullError``): the central system stops acknowledging data messages, chargers
+retry them, and nothing already acknowledged is dropped.
+
+File format: segment files ``<first_seq:020d>.log`` of records
+``[u32 length][u32 crc32][payload]``; a torn record at the end of the last segment
+(crash during a write) fails its CRC and is cut off on start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+
+from schemas import EVENT_SCHEMA_VERSION
+from schemas.bus import BusError, BusFullError
+from schemas.events import Event, EventBatch, decode_batch, encode_batch
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<II")
+_SEGMENT_SUFFIX = ".log"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    first_seq: int
+    last_seq: int
+    payload: bytes            # an encoded EventBatch
+    oldest_received_at: datetime
+
+
+class CommittedRanges:
+    """Confirmed sequence ranges; ``watermark`` is the highest seq with everything below confirmed."""
+
+    def __init__(self, watermark: int) -> None:
+        self.watermark = watermark
+        self._ranges: list[tuple[int, int]] = []
+
+    def add(self, first: int, last: int) -> bool:
+        """Record a confirmed range; return True if the watermark moved."""
+        if last <= self.watermark:
+            return False
+        self._ranges.append((max(first, self.watermark + 1), last))
+        self._ranges.sort()
+        moved = False
+        merged: list[tuple[int, int]] = []
+        for lo, hi in self._ranges:
+            if lo <= self.watermark + 1:
+                if hi > self.watermark:
+                    self.watermark = hi
+                    moved = True
+            else:
+                merged.append((lo, hi))
+        self._ranges = [(lo, hi) for lo, hi in merged if hi > self.watermark]
+        if len(self._ranges) > 10_000:  # bounded: a confirmation storm cannot grow memory
+            self._ranges = self._ranges[-10_000:]
+        return moved
+
+
+class Outbox:
+    def __init__(self, *, directory: Path, node_id: str, max_bytes: int, segment_bytes: int = 16 * 2**20,
+                 fsync: bool = True) -> None:
+        self._dir = directory
+        self._node_id = node_id
+        self._max_bytes = max_bytes
+        self._segment_bytes = segment_bytes
+        self._fsync = fsync
+        self._records: list[OutboxRecord] = []   # unconfirmed, in order (kept in memory: bounded by max_bytes)
+        self._bytes = 0
+        self._next_seq = 0
+        self.committed = CommittedRanges(-1)
+        self._segment: Path | None = None
+        self._segment_fd: int | None = None
+        self._segment_size = 0
+        self._pending: list[tuple[list[Event], asyncio.Future[None]]] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.appended = asyncio.Event()      # set when a record is added (the sender waits on it)
+
+    # -- start-up ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Read the segments back after a restart (or a crash) and resume the sequence."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        watermark = self._read_watermark()
+        self.committed = CommittedRanges(watermark)
+        segments = sorted(self._dir.glob(f"*{_SEGMENT_SUFFIX}"))
+        for path in segments:
+            self._load_segment(path, last=path == segments[-1])
+        self._next_seq = max(self._records[-1].last_seq + 1 if self._records else 0, watermark + 1)
+        self._drop_confirmed()
+        if self._records:
+            logger.info("outbox: %d batches (%d events) from before the restart are not confirmed yet; "
+                        "sending them again", len(self._records), self.pending_events)
+
+    def _load_segment(self, path: Path, *, last: bool) -> None:
+        data = path.read_bytes()
+        pos = 0
+        while pos + _HEADER.size <= len(data):
+            length, crc = _HEADER.unpack_from(data, pos)
+            payload = data[pos + _HEADER.size: pos + _HEADER.size + length]
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                break
+            try:
+                batch = decode_batch(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                break
+            self._remember(payload, batch)
+            pos += _HEADER.size + length
+        if pos != len(data):
+            logger.warning("outbox: cutting a torn record off %s at byte %d of %d", path.name, pos, len(data))
+            if last:
+                with path.open("r+b") as fh:
+                    fh.truncate(pos)
+                    os.fsync(fh.fileno())
+
+    def _remember(self, payload: bytes, batch: EventBatch) -> None:
+        record = OutboxRecord(batch.first_seq, batch.first_seq + len(batch.events) - 1, payload,
+                              batch.oldest_received_at or datetime.now(UTC))
+        self._records.append(record)
+        self._bytes += len(payload) + _HEADER.size
+
+    # -- appending ----------------------------------------------------------------------
+
+    async def append(self, events: Sequence[Event]) -> None:
+        """Return once the events are on disk (fsync'ed); raise BusFullError when the outbox is full."""
+        if self._bytes >= self._max_bytes:
+            raise BusFullError(f"outbox full ({self._bytes} bytes unconfirmed); is the broker or ingest down?")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((list(events), fut))
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush(), name="outbox-flush")
+        await fut
+
+    async def _flush(self) -> None:
+        while self._pending:
+            group, self._pending = self._pending, []
+            events = [e for evs, _ in group for e in evs]
+            batch = EventBatch(schema_version=EVENT_SCHEMA_VERSION, node_id=self._node_id,
+                               first_seq=self._next_seq, events=events,
+                               oldest_received_at=min(e.received_at for e in events))
+            payload = encode_batch(batch)
+            try:
+                await asyncio.to_thread(self._write, payload)
+            except OSError as exc:
+                logger.error("outbox write failed: %s", exc)
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(BusError(f"outbox write failed: {exc}"))
+                continue
+            self._next_seq += len(events)
+            self._remember(payload, batch)
+            self.appended.set()
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _write(self, payload: bytes) -> None:
+        """Append one record and fsync (runs in a thread: the event loop never waits on the disk)."""
+        if self._segment_fd is None or self._segment_size >= self._segment_bytes:
+            self._roll_segment()
+        assert self._segment_fd is not None
+        record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        os.write(self._segment_fd, record)
+        if self._fsync:
+            os.fsync(self._segment_fd)
+        self._segment_size += len(record)
+
+    def _roll_segment(self) -> None:
+        if self._segment_fd is not None:
+            os.close(self._segment_fd)
+        self._segment = self._dir / f"{self._next_seq:020d}{_SEGMENT_SUFFIX}"
+        self._segment_fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._segment_size = os.fstat(self._segment_fd).st_size
+        dir_fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the new file's name is durable too
+        finally:
+            os.close(dir_fd)
+
+    # -- sending and confirming ---------------------------------------------------------------
+
+    def unconfirmed(self, after_seq: int) -> list[OutboxRecord]:
+        """Records whose sequence range ends after ``after_seq``, oldest first."""
+        return [r for r in self._records if r.last_seq > after_seq]
+
+    def confirm(self, first: int, last: int) -> None:
+        if self.committed.add(first, last):
+            self._drop_confirmed()
+            self._write_watermark()
+
+    def _drop_confirmed(self) -> None:
+        mark = self.committed.watermark
+        keep = 0
+        while keep < len(self._records) and self._records[keep].last_seq <= mark:
+            self._bytes -= len(self._records[keep].payload) + _HEADER.size
+            keep += 1
+        if keep:
+            del self._records[:keep]
+        # A segment can go once the next one starts at or below watermark + 1 (all of its
+        # records are confirmed). The newest segment is kept: it may be the one being written.
+        segments = sorted(self._dir.glob(f"*{_SEGMENT_SUFFIX}"))
+        for path, following in itertools.pairwise(segments):
+            if path == self._segment or int(following.stem) - 1 > mark:
+                break
+            path.unlink(missing_ok=True)
+
+    def _watermark_path(self) -> Path:
+        return self._dir / "committed"
+
+    def _read_watermark(self) -> int:
+        try:
+            return int(self._watermark_path().read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return -1
+
+    def _write_watermark(self) -> None:
+        # Not fsync'ed: a stale watermark only means some confirmed batches are sent again,
+        # and ingest absorbs the duplicates.
+        tmp = self._watermark_path().with_suffix(".tmp")
+        tmp.write_text(str(self.committed.watermark))
+        os.replace(tmp, self._watermark_path())
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def pending_events(self) -> int:
+        return sum(r.last_seq - r.first_seq + 1 for r in self._records)
+
+    def oldest_age_s(self) -> float:
+        if not self._records:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - self._records[0].oldest_received_at).total_seconds())
+
+    async def close(self) -> None:
+        if self._flush_task is not None:
+            await self._flush_task
+        if self._segment_fd is not None:
+            os.close(self._segment_fd)
+            self._segment_fd = None
+        self._write_watermark()
+
+
