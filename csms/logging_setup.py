@@ -20,5 +20,7 @@ def configure_logging(level: str) -> None:
             "uvicorn": {"level": "WARNING"},
             "uvicorn.error": {"level": "WARNING"},
             "asyncio": {"level": "WARNING"},
+            # aiomqtt warns on every publish beyond 10 in flight, which the outbox does on purpose.
+            "mqtt": {"level": "ERROR"},
         },
     })

@@ -86,7 +86,8 @@ class Outbox:
         self._max_bytes = max_bytes
         self._segment_bytes = segment_bytes
         self._fsync = fsync
-        self._records: list[OutboxRecord] = []   # unconfirmed, in order (kept in memory: bounded by max_bytes)
+        self._records: list[OutboxRecord] = []   # above the watermark, in order (memory bounded by max_bytes)
+        self._confirmed: set[int] = set()        # first_seq of records confirmed out of order
         self._bytes = 0
         self._next_seq = 0
         self.committed = CommittedRanges(-1)
@@ -202,10 +203,19 @@ class Outbox:
     # -- sending and confirming ---------------------------------------------------------------
 
     def unconfirmed(self, after_seq: int) -> list[OutboxRecord]:
-        """Records whose sequence range ends after ``after_seq``, oldest first."""
-        return [r for r in self._records if r.last_seq > after_seq]
+        """Records after ``after_seq`` not yet confirmed, oldest first.
+
+        Records confirmed out of order (another worker committed them first) are skipped:
+        resending them would only create duplicates, and — with a broker that hands shared
+        subscription messages out round-robin — would keep the same records landing on the
+        same worker every time.
+        """
+        return [r for r in self._records if r.last_seq > after_seq and r.first_seq not in self._confirmed]
 
     def confirm(self, first: int, last: int) -> None:
+        for record in self._records:
+            if first <= record.first_seq and record.last_seq <= last:
+                self._confirmed.add(record.first_seq)
         if self.committed.add(first, last):
             self._drop_confirmed()
             self._write_watermark()
@@ -217,6 +227,8 @@ class Outbox:
             self._bytes -= len(self._records[keep].payload) + _HEADER.size
             keep += 1
         if keep:
+            for record in self._records[:keep]:
+                self._confirmed.discard(record.first_seq)
             del self._records[:keep]
         # A segment can go once the next one starts at or below watermark + 1 (all of its
         # records are confirmed). The newest segment is kept: it may be the one being written.

@@ -12,7 +12,8 @@ so the aiomqtt v3 change (which adds manual acks) touches one file.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -54,28 +55,67 @@ class AckingConsumer:
             addr.host, addr.port, username=addr.username, password=addr.password,
             identifier=client_id, clean_session=False, keepalive=keepalive_s,
             protocol=aiomqtt.ProtocolVersion.V311,
-            # Bounded: with manual acks the broker stops sending once its in-flight window
-            # for this client is full, so this queue never holds more than that window.
+            # With manual acks the broker stops sending once its in-flight window for this
+            # client is full (Mosquitto's max_inflight_messages), so this bound is never hit
+            # as long as it is at least that window.
             max_queued_incoming_messages=max_queued_messages,
         )
         self._topic = topic
+        self._buffer: deque[ReceivedMessage] = deque()
+        self._ready = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._failure: aiomqtt.MqttError | None = None
 
     async def __aenter__(self) -> AckingConsumer:
         self._client._client.manual_ack_set(True)
         await self._client.__aenter__()
         await self._client.subscribe(self._topic, qos=1)
+        # One reader task moves messages into a plain deque. Waiting with a timeout then
+        # never cancels a queue read half-way (which could drop a message in Python 3.11).
+        self._reader = asyncio.create_task(self._read(), name="ingest-mqtt-reader")
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self._client.__aexit__(None, None, None)
+    async def leave(self) -> None:
+        """Unsubscribe before a planned stop: a persistent session that stays subscribed keeps
+        receiving its round-robin share of the shared subscription while nobody reads it."""
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._client.unsubscribe(self._topic)
 
-    async def messages(self) -> AsyncIterator[ReceivedMessage]:
-        async for msg in self._client.messages:
-            payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else str(msg.payload).encode()
-            yield ReceivedMessage(topic=str(msg.topic), payload=bytes(payload), mid=msg.mid, qos=msg.qos)
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._reader
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._client.__aexit__(None, None, None)
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self._client.messages:
+                payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else str(msg.payload).encode()
+                self._buffer.append(ReceivedMessage(topic=str(msg.topic), payload=bytes(payload), mid=msg.mid,
+                                                    qos=msg.qos))
+                self._ready.set()
+        except aiomqtt.MqttError as exc:
+            self._failure = exc
+            self._ready.set()
+
+    async def get(self, timeout_s: float) -> ReceivedMessage | None:
+        """The next message, or None if none arrives within ``timeout_s``; raises if the connection is gone."""
+        if not self._buffer:
+            if self._failure is not None:
+                raise self._failure
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout_s)
+            if not self._buffer:
+                if self._failure is not None:
+                    raise self._failure
+                return None
+        return self._buffer.popleft()
 
     def pending(self) -> int:
-        return len(self._client.messages)
+        return len(self._buffer)
 
     def ack(self, message: ReceivedMessage) -> None:
         """Acknowledge a message whose rows are committed."""
@@ -84,11 +124,3 @@ class AckingConsumer:
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         await self._client.publish(topic, payload, qos=1, retain=retain)
-
-
-async def next_message(it: AsyncIterator[ReceivedMessage], timeout_s: float) -> ReceivedMessage | None:
-    """The next message, or None if none arrives within ``timeout_s``."""
-    try:
-        return await asyncio.wait_for(anext(it), timeout_s)
-    except TimeoutError:
-        return None

@@ -21,7 +21,7 @@ import asyncpg
 import msgspec
 
 from ingest.metrics import IngestMetrics
-from ingest.mqtt_consumer import AckingConsumer, ReceivedMessage, next_message
+from ingest.mqtt_consumer import AckingConsumer, ReceivedMessage
 from ingest.writer import TimescaleWriter, WriteResult
 from schemas.events import Event, EventBatch, count_rows, decode_batch
 from schemas.topics import committed_topic, events_subscription, valid_node_id
@@ -93,6 +93,9 @@ class MqttIngestWorker:
                     logger.info("ingest consuming %s as %s", events_subscription(), self._client_id)
                     backoff = 0.2
                     await self._consume(consumer, stop)
+                    # A planned stop leaves the shared group; what this session still holds is
+                    # not acknowledged, so the nodes send it again to the remaining workers.
+                    await consumer.leave()
             except aiomqtt.MqttError as exc:
                 logger.warning("MQTT connection lost (%s); reconnecting in %.1f s", exc, backoff)
                 with contextlib.suppress(TimeoutError):
@@ -100,9 +103,8 @@ class MqttIngestWorker:
                 backoff = min(backoff * 2, self._retry_max_s)
 
     async def _consume(self, consumer: AckingConsumer, stop: asyncio.Event) -> None:
-        it = consumer.messages()
         while not stop.is_set():
-            first = await next_message(it, 0.5)
+            first = await consumer.get(0.5)
             if first is None:
                 continue
             messages = [first]
@@ -113,7 +115,7 @@ class MqttIngestWorker:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                msg = await next_message(it, remaining)
+                msg = await consumer.get(remaining)
                 if msg is None:
                     break
                 messages.append(msg)

@@ -30,6 +30,14 @@ _STATUS_COLUMNS = ("time", "charge_point_id", "evse_id", "connector_id", "status
 _CONN_COLUMNS = ("time", "charge_point_id", "event", "reason", "node_id", "ocpp_version", "detail")
 _LOG_COLUMNS = ("time", "charge_point_id", "action", "payload", "digest", "received_at")
 
+_NATURAL_ORDER = {
+    "meter_samples": "charge_point_id, evse_id, connector_id, transaction_uid, measurand, phase, location, context, "
+                     "time",
+    "connector_status": "charge_point_id, evse_id, connector_id, status, error_code, time",
+    "connection_events": "charge_point_id, event, node_id, time",
+    "charger_messages": "charge_point_id, action, digest, time",
+}
+
 _STAGING = {
     "meter_samples": ("stage_meter_samples", _METER_COLUMNS),
     "connector_status": ("stage_connector_status", _STATUS_COLUMNS),
@@ -183,8 +191,11 @@ class TimescaleWriter:
                 await conn.execute(_BOOT_UPDATE, boot.charge_point_id, d.get("vendor"), d.get("model"),
                                    d.get("serial_number"), d.get("firmware_version"), boot.ocpp_version,
                                    boot.time)
-            if seen:
-                await conn.execute(_SEEN_UPDATE, list(seen), list(seen.values()))
+        if seen:
+            # Outside the batch's transaction, in id order: bookkeeping that must not make
+            # two writers wait on each other's charge_points rows.
+            ids = sorted(seen)
+            await self._pool.execute(_SEEN_UPDATE, ids, [seen[i] for i in ids])
         return result
 
 
@@ -192,7 +203,11 @@ async def _copy_dedup(conn: asyncpg.Connection | PoolConnectionProxy, table: str
     stage, columns = _STAGING[table]
     await conn.copy_records_to_table(stage, records=rows, columns=list(columns))
     cols = ", ".join(columns)
-    status = await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING")
+    # Inserting in natural-key order makes concurrent writers of overlapping batches (two
+    # workers, a resend) take index locks in the same order: they wait, never deadlock.
+    order = _NATURAL_ORDER[table]
+    status = await conn.execute(
+        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ORDER BY {order} ON CONFLICT DO NOTHING")
     await conn.execute(f"TRUNCATE {stage}")
     return int(status.rsplit(" ", 1)[1])
 
@@ -213,6 +228,10 @@ async def _write_transactions(conn: asyncpg.Connection | PoolConnectionProxy, tx
         if ev.seq_no is not None:
             seq_rows.append((ev.charge_point_id, ev.transaction_uid, ev.seq_no, ev.kind.capitalize(), ev.time,
                              ev.trigger_reason or "", ev.offline, ev.received_at))
+    # Key order, so that concurrent writers lock transaction rows in the same order; the
+    # merges are order-independent, so sorting changes no result.
+    upserts.sort(key=lambda row: (row[0], row[1], row[14] if row[14] is not None else -1))
+    seq_rows.sort(key=lambda row: (row[0], row[1], row[2]))
     await conn.executemany(_TX_UPSERT, upserts)
     result.inserted["transactions"] = len(upserts)
     if seq_rows:
