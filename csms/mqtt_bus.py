@@ -49,6 +49,7 @@ class MqttBus:
         self._metrics = metrics
         self._max_in_flight = max_in_flight
         self._resend_after_s = resend_after_s
+        self._resend_wait_s = resend_after_s
         self._connect_timeout_s = connect_timeout_s
         self._publish_timeout_s = publish_timeout_s
         self._task: asyncio.Task[None] | None = None
@@ -137,13 +138,17 @@ class MqttBus:
         mark = self._outbox.committed.watermark
         if mark >= self._sent_upto:
             self._last_progress = time.monotonic()
+            self._resend_wait_s = self._resend_after_s
             return
-        if time.monotonic() - self._last_progress > self._resend_after_s:
+        if time.monotonic() - self._last_progress > self._resend_wait_s:
             logger.warning("outbox: no confirmation for events %d–%d within %.0f s; sending them again",
-                           mark + 1, self._sent_upto, self._resend_after_s)
+                           mark + 1, self._sent_upto, self._resend_wait_s)
             self._metrics.resent.inc()
             self._sent_upto = mark
             self._last_progress = time.monotonic()
+            # Back off while nothing is confirmed (ingest down): each resend adds the whole
+            # backlog to the broker's queues again.
+            self._resend_wait_s = min(self._resend_wait_s * 2, 32 * self._resend_after_s)
 
     async def _confirmations(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -158,6 +163,7 @@ class MqttBus:
                 self._outbox.confirm(first, last)
             if self._outbox.committed.watermark != before:
                 self._last_progress = time.monotonic()
+                self._resend_wait_s = self._resend_after_s
             self._update_gauges()
 
     async def close(self) -> None:

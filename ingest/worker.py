@@ -82,6 +82,7 @@ class MqttIngestWorker:
         self._max_in_flight = max_in_flight_messages
         self._retry_max_s = retry_max_s
         self.committed_batches = 0
+        self._confirming: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.2
@@ -103,31 +104,64 @@ class MqttIngestWorker:
                 backoff = min(backoff * 2, self._retry_max_s)
 
     async def _consume(self, consumer: AckingConsumer, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            first = await consumer.get(0.5)
-            if first is None:
-                continue
-            messages = [first]
-            batches = self._decode([first])
-            rows = sum(count_rows(b.events) for b in batches)
-            deadline = time.monotonic() + self._batch_max_delay_s
-            while rows < self._batch_max_rows:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                msg = await consumer.get(remaining)
-                if msg is None:
-                    break
-                messages.append(msg)
-                more = self._decode([msg])
-                batches.extend(more)
-                rows += sum(count_rows(b.events) for b in more)
-            self._metrics.queue_depth.set(consumer.pending())
-            await self._commit_with_retry(batches, stop)
-            for msg in messages:
-                consumer.ack(msg)
-            self.committed_batches += 1
-            await self._confirm(consumer, batches)
+        # While one batch commits, the next is collected and decoded: the database and this
+        # process work at the same time. Only one commit is in flight, so acknowledgements
+        # still go out in the order the messages arrived (MQTT 3.1.1 §4.6).
+        inflight: asyncio.Task[None] | None = None
+        previous: tuple[list[ReceivedMessage], list[EventBatch]] | None = None
+        try:
+            while not stop.is_set():
+                if inflight is not None and inflight.done():
+                    await self._finish(consumer, inflight, previous)
+                    inflight, previous = None, None
+                collected = await self._collect(consumer)
+                if collected is None:
+                    continue
+                if inflight is not None:
+                    await self._finish(consumer, inflight, previous)
+                previous = collected
+                inflight = asyncio.create_task(self._commit_with_retry(collected[1], stop), name="ingest-commit")
+        finally:
+            if inflight is not None:
+                with contextlib.suppress(Exception):
+                    await self._finish(consumer, inflight, previous)
+
+    async def _collect(self, consumer: AckingConsumer) -> tuple[list[ReceivedMessage], list[EventBatch]] | None:
+        first = await consumer.get(0.5)
+        if first is None:
+            return None
+        messages = [first]
+        batches = self._decode([first])
+        rows = sum(count_rows(b.events) for b in batches)
+        deadline = time.monotonic() + self._batch_max_delay_s
+        while rows < self._batch_max_rows:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            msg = await consumer.get(remaining)
+            if msg is None:
+                break
+            messages.append(msg)
+            more = self._decode([msg])
+            batches.extend(more)
+            rows += sum(count_rows(b.events) for b in more)
+        self._metrics.queue_depth.set(consumer.pending())
+        return messages, batches
+
+    async def _finish(self, consumer: AckingConsumer, commit: asyncio.Task[None],
+                      collected: tuple[list[ReceivedMessage], list[EventBatch]] | None) -> None:
+        await commit  # raises only when stopping while the database is down: then nothing is acked
+        if collected is None:
+            return
+        messages, batches = collected
+        for msg in messages:
+            consumer.ack(msg)
+        self.committed_batches += 1
+        # The confirmation is not waited for: if it is lost, the node sends the batch again
+        # and the duplicates are absorbed.
+        task = asyncio.create_task(self._confirm(consumer, batches), name="ingest-confirm")
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
 
     def _decode(self, messages: list[ReceivedMessage]) -> list[EventBatch]:
         out = []

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import asyncpg
@@ -36,6 +37,14 @@ _NATURAL_ORDER = {
     "connector_status": "charge_point_id, evse_id, connector_id, status, error_code, time",
     "connection_events": "charge_point_id, event, node_id, time",
     "charger_messages": "charge_point_id, action, digest, time",
+}
+
+# Positions of the natural-key columns in each table's row tuple, in the unique index's order.
+_KEY_POSITIONS = {
+    "meter_samples": (1, 2, 3, 4, 5, 6, 7, 8, 0),
+    "connector_status": (1, 2, 3, 4, 5, 0),
+    "connection_events": (1, 2, 4, 0),
+    "charger_messages": (1, 2, 4, 0),
 }
 
 _STAGING = {
@@ -200,11 +209,23 @@ class TimescaleWriter:
 
 
 async def _copy_dedup(conn: asyncpg.Connection | PoolConnectionProxy, table: str, rows: list[tuple[Any, ...]]) -> int:
+    """Insert rows that are not stored yet; return how many were inserted."""
     stage, columns = _STAGING[table]
-    await conn.copy_records_to_table(stage, records=rows, columns=list(columns))
+    # Natural-key order: concurrent writers of overlapping batches (two workers, a resend)
+    # then take index locks in the same order, so they wait for each other, never deadlock.
+    key = itemgetter(*_KEY_POSITIONS[table])
+    rows.sort(key=key)
+    unique = [row for i, row in enumerate(rows) if i == 0 or key(row) != key(rows[i - 1])]
+    # Fast path: no row of the batch is stored yet (the normal case) — one COPY straight into
+    # the table. A unique violation rolls the savepoint back and takes the de-duplicating path.
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table(table, records=unique, columns=list(columns))
+        return len(unique)
+    except asyncpg.UniqueViolationError:
+        pass
+    await conn.copy_records_to_table(stage, records=unique, columns=list(columns))
     cols = ", ".join(columns)
-    # Inserting in natural-key order makes concurrent writers of overlapping batches (two
-    # workers, a resend) take index locks in the same order: they wait, never deadlock.
     order = _NATURAL_ORDER[table]
     status = await conn.execute(
         f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ORDER BY {order} ON CONFLICT DO NOTHING")

@@ -88,6 +88,7 @@ persistence_location {data}/
 autosave_interval 1
 max_queued_messages 0
 max_inflight_messages 1000
+set_tcp_nodelay true
 log_dest file {data}/mosquitto.log
 """
 

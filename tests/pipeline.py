@@ -53,6 +53,14 @@ class Role:
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} not healthy:\n{self.log()}")
 
+    def wait_log(self, text: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} never logged {text!r}:\n{self.log()}")
+
     def kill(self) -> None:
         """SIGKILL: no clean-up, no flush — a crash."""
         if self.proc is not None and self.proc.poll() is None:

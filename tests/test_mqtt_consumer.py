@@ -78,6 +78,9 @@ async def test_ended_before_started_through_the_bus_is_one_session(postgres: Pos
     worker.start()
     try:
         await asyncio.to_thread(worker.wait_healthy)
+        # Messages published before the shared subscription exists reach nobody (in production
+        # the outbox sends them again); wait until the worker has subscribed.
+        await asyncio.to_thread(worker.wait_log, "ingest consuming")
         t0 = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
         now = datetime.now(UTC)
         events = [

@@ -77,7 +77,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) 
 
 def _measure(server: str, cmd: list[str], port: int, *, connections: int, seconds: float, prefix: str,
              password: str | None, boot: bool) -> Figure:
-    srv = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    srv = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            preexec_fn=lambda: _pin(SERVER_CPU))
     try:
         _wait_port(port, srv)
@@ -94,6 +94,7 @@ def _measure(server: str, cmd: list[str], port: int, *, connections: int, second
             else:
                 result = data
         load.wait(timeout=seconds + 120)
+        load.stdout.close()
         cpu1, wall1 = _cpu_seconds(srv.pid), time.monotonic()
         if not result:
             raise RuntimeError(f"load generator for {server} printed no result")
