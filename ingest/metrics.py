@@ -17,6 +17,7 @@ class IngestMetrics:
     malformed: Counter
     e2e_lag: Histogram
     queue_depth: Gauge
+    quality_flags: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
@@ -39,6 +40,9 @@ class IngestMetrics:
                               "Charger message received by the CSMS → row committed",
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
                               registry=registry),
+            quality_flags=Counter("csms_data_quality_flags_total",
+                                  "Stored samples and sessions carrying a data-quality flag, by kind", ["kind"],
+                                  registry=registry),
             queue_depth=Gauge("csms_ingest_pending_messages", "Bus messages received but not yet committed",
                               registry=registry),
         )

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -23,7 +24,15 @@ import msgspec
 from ingest.metrics import IngestMetrics
 from ingest.mqtt_consumer import AckingConsumer, ReceivedMessage
 from ingest.writer import TimescaleWriter, WriteResult
-from schemas.events import Event, EventBatch, count_rows, decode_batch
+from schemas.events import (
+    QUALITY_FLAG_NAMES,
+    Event,
+    EventBatch,
+    MeterEvent,
+    TransactionEvent,
+    count_rows,
+    decode_batch,
+)
 from schemas.topics import committed_topic, events_subscription, valid_node_id
 
 _RANGES = msgspec.msgpack.Encoder()
@@ -59,8 +68,19 @@ class InstrumentedWriter:
         for table, n in result.duplicates.items():
             self._metrics.duplicates.labels(table).inc(n)
         now = datetime.now(UTC)
+        flagged: Counter[int] = Counter()
         for ev in events:
             self._metrics.e2e_lag.observe(max(0.0, (now - ev.received_at).total_seconds()))
+            if isinstance(ev, MeterEvent):
+                for s in ev.samples:
+                    if s.flags:
+                        flagged[s.flags] += 1
+            elif isinstance(ev, TransactionEvent) and ev.flags:
+                flagged[ev.flags] += 1
+        for flags, n in flagged.items():
+            for bit, name in QUALITY_FLAG_NAMES.items():
+                if flags & bit:
+                    self._metrics.quality_flags.labels(name).inc(n)
         return result
 
     async def close(self) -> None:

@@ -15,10 +15,10 @@ pytestmark = pytest.mark.integration
 async def test_ocpp_benchmark_runs_and_every_answered_sample_is_stored() -> None:
     result = await asyncio.to_thread(ocpp_throughput.run, connections=4, seconds=1.0)
     servers = [f["server"] for f in result["figures"]]
-    assert servers == ["echo", "ocpp-lib", "csms"]
+    assert servers == ["echo", "ocpp-lib", "csms", "csms-mqtt"]
     assert all(f["messages"] > 0 and f["errors"] == 0 for f in result["figures"])
     assert result["csms_samples_stored"] == result["csms_samples_expected"]
-    assert set(result["ratio_to_echo_per_core"]) == {"echo", "ocpp-lib", "csms"}
+    assert set(result["ratio_to_echo_per_core"]) == {"echo", "ocpp-lib", "csms", "csms-mqtt"}
     assert "| csms |" in ocpp_throughput.render(result)
 
 

@@ -7,8 +7,11 @@ wall-clock rates move with whatever else runs; the ratio to the raw websockets e
 server measured in the same run is what we report.
 
 Servers: ``echo`` (websockets + json, the transport ceiling), ``ocpp-lib`` (the ``ocpp``
-package's own v1.6 ChargePoint, default settings) and ``csms`` (``csms serve``: strict
-schema validation on, answer only after the samples are committed to TimescaleDB).
+package's own v1.6 ChargePoint, default settings), ``csms`` (``csms serve`` with the
+in-process bus: strict schema validation on, answer only after the samples are committed
+to TimescaleDB by the writer inside the same process) and ``csms-mqtt`` (``csms serve``
+with the MQTT bus, the production topology: answer after the events are fsync'ed to the
+node's outbox; a separate ``csms ingest`` process commits them).
 """
 
 from __future__ import annotations
@@ -134,8 +137,30 @@ async def _stored_rows(url: str) -> int:
         await conn.close()
 
 
+def _mosquitto(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    conf = folder / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
+                    "max_inflight_messages 1000\npersistence false\nset_tcp_nodelay true\n")
+    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_port(port, proc)
+    return proc, f"mqtt://127.0.0.1:{port}"
+
+
+async def _wait_rows(url: str, expected: int, timeout_s: float = 120) -> int:
+    deadline = time.monotonic() + timeout_s
+    n = 0
+    while time.monotonic() < deadline:
+        n = await _stored_rows(url)
+        if n >= expected:
+            break
+        await asyncio.sleep(0.5)
+    return n
+
+
 def run(*, connections: int = 50, seconds: float = 8.0, database_url: str | None = None,
-        servers: tuple[str, ...] = ("echo", "ocpp-lib", "csms")) -> dict[str, Any]:
+        servers: tuple[str, ...] = ("echo", "ocpp-lib", "csms", "csms-mqtt")) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="csms-bench-"))
     tmp.chmod(0o755)
     pg: EmbeddedPostgres | None = None
@@ -147,13 +172,28 @@ def run(*, connections: int = 50, seconds: float = 8.0, database_url: str | None
         figures: list[Figure] = []
         for server in servers:
             port = free_port()
-            if server == "csms":
+            if server in ("csms", "csms-mqtt"):
                 cmd = [sys.executable, "-m", "csms", "serve", "--database-url", database_url, "--ocpp-port",
                        str(port), "--ocpp-host", "127.0.0.1", "--http-port", str(free_port()), "--log-level",
-                       "WARNING", "--ping-interval-s", "0", "--data-dir", str(tmp / "state"),
+                       "WARNING", "--ping-interval-s", "0", "--data-dir", str(tmp / f"state-{server}"),
                        "--handshake-burst-per-source", "100000"]
-                figures.append(_measure(server, cmd, port, connections=connections, seconds=seconds,
-                                        prefix="BENCH", password=PASSWORD, boot=True))
+                extra: list[subprocess.Popen[bytes]] = []
+                if server == "csms-mqtt":
+                    broker, mqtt_url = _mosquitto(tmp)
+                    extra.append(broker)
+                    extra.append(subprocess.Popen(
+                        [sys.executable, "-m", "csms", "ingest", "--database-url", database_url, "--mqtt-url",
+                         mqtt_url, "--http-port", str(free_port()), "--node-id", "bench-ingest",
+                         "--log-level", "WARNING", "--data-dir", str(tmp / "ingest")],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                    cmd += ["--mqtt-url", mqtt_url, "--node-id", "bench-node"]
+                try:
+                    figures.append(_measure(server, cmd, port, connections=connections, seconds=seconds,
+                                            prefix="BENCH", password=PASSWORD, boot=True))
+                finally:
+                    for proc in reversed(extra):
+                        proc.terminate()
+                        proc.wait(30)
             else:
                 cmd = [sys.executable, "-m", "csms.bench.servers", server, str(port)]
                 figures.append(_measure(server, cmd, port, connections=connections, seconds=seconds,
@@ -165,11 +205,10 @@ def run(*, connections: int = 50, seconds: float = 8.0, database_url: str | None
         if echo is not None:
             out["ratio_to_echo_per_core"] = {f.server: round(f.msgs_per_cpu_s / echo.msgs_per_cpu_s, 3)
                                              for f in figures}
-        if "csms" in servers:
-            csms_fig = next(f for f in figures if f.server == "csms")
-            stored = asyncio.run(_stored_rows(database_url))
-            out["csms_samples_stored"] = stored
-            out["csms_samples_expected"] = csms_fig.total_ok * 10
+        expected = sum(f.total_ok * 10 for f in figures if f.server.startswith("csms"))
+        if expected:
+            out["csms_samples_expected"] = expected
+            out["csms_samples_stored"] = asyncio.run(_wait_rows(database_url, expected))
         return out
     finally:
         if pg is not None:
@@ -188,7 +227,7 @@ def render(result: dict[str, Any]) -> str:
                      f"{ratios.get(f['server'], '-')} | {f['p50_ms']} | {f['p99_ms']} |")
     if "csms_samples_stored" in result:
         lines.append("")
-        lines.append(f"csms: {result['csms_samples_stored']} samples committed for "
+        lines.append(f"csms, csms-mqtt: {result['csms_samples_stored']} samples committed for "
                      f"{result['csms_samples_expected'] // 10} answered MeterValues "
                      f"(expected {result['csms_samples_expected']})")
     return "\n".join(lines)

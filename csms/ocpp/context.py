@@ -76,6 +76,14 @@ class ProtocolState:
     # 2.0.1: (evse, connector) of each transaction; `evse` is sent only once (E01.FR.16).
     tx_evse: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     registers: RegisterTracker = field(default_factory=RegisterTracker)
+    # Known window (start, stop) of recent transactions, to flag samples outside it.
+    tx_window: dict[str, tuple[datetime | None, datetime | None]] = field(default_factory=dict)
+
+    def remember_window(self, tx: str, *, start: datetime | None = None, stop: datetime | None = None) -> None:
+        old_start, old_stop = self.tx_window.get(tx, (None, None))
+        self.tx_window[tx] = (start or old_start, stop or old_stop)
+        if len(self.tx_window) > 64:  # bounded: only recent transactions matter
+            self.tx_window.pop(next(iter(self.tx_window)))
 
     def remember_tx_evse(self, tx: str, evse: tuple[int, int | None]) -> None:
         self.tx_evse[tx] = evse

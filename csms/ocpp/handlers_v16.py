@@ -11,7 +11,7 @@ from typing import Any
 
 from csms.ocpp.context import BootInfo, Context, IdToken, Reply, clean_text
 from csms.ocpp.handlers_common import Handler, acknowledge, int32, iso_utc, log_event, now_iso
-from csms.ocpp.normalise import parse_timestamp, samples_v16, timestamp_flags
+from csms.ocpp.normalise import flag_outside_window, parse_timestamp, samples_v16, timestamp_flags
 from schemas.events import (
     FLAG_METER_STOP_BELOW_START,
     ConnectionEvent,
@@ -93,6 +93,7 @@ async def start_transaction(ctx: Context, p: dict[str, Any]) -> Reply:
     uid = str(tx_id)
     ctx.state.open_tx_by_connector[connector] = tx_id
     ctx.state.meter_start_wh[uid] = float(meter_start)
+    ctx.state.remember_window(uid, start=ts)
     evse_id, connector_id = _evse_connector(connector)
     event = TransactionEvent(charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at,
                              transaction_uid=uid, time=ts, kind="started", ocpp16_transaction_id=tx_id,
@@ -122,6 +123,7 @@ async def stop_transaction(ctx: Context, p: dict[str, Any]) -> Reply:
     if connector is not None:
         del ctx.state.open_tx_by_connector[connector]
     flags = timestamp_flags(ts, ctx.received_at)
+    ctx.state.remember_window(uid, stop=ts)
     start = ctx.state.meter_start_wh.pop(uid, None)
     if start is not None and meter_stop < start:
         flags |= FLAG_METER_STOP_BELOW_START
@@ -140,6 +142,7 @@ async def stop_transaction(ctx: Context, p: dict[str, Any]) -> Reply:
                               else -1)
         samples = ctx.state.registers.check(evse_id if evse_id is not None else -1,
                                             connector_id if connector_id is not None else -1, samples)
+        samples = flag_outside_window(samples, *ctx.state.tx_window.get(uid, (None, None)))
         events.append(MeterEvent(charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at,
                                  evse_id=evse_id or 0, connector_id=connector_id or 0, transaction_uid=uid,
                                  samples=samples))
@@ -155,6 +158,8 @@ async def meter_values(ctx: Context, p: dict[str, Any]) -> Reply:
     evse_id, connector_id = _evse_connector(connector)
     samples = samples_v16(p.get("meterValue") or [], received_at=ctx.received_at, connector_id=connector)
     samples = ctx.state.registers.check(evse_id, connector_id, samples)
+    if tx_id is not None:
+        samples = flag_outside_window(samples, *ctx.state.tx_window.get(str(tx_id), (None, None)))
     event = MeterEvent(charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at, evse_id=evse_id,
                        connector_id=connector_id, transaction_uid=str(tx_id) if tx_id is not None else "",
                        samples=samples)

@@ -11,7 +11,13 @@ from typing import Any
 
 from csms.ocpp.context import BootInfo, Context, IdToken, Reply, clean_text
 from csms.ocpp.handlers_common import Handler, acknowledge, int32, iso_utc, log_event, now_iso
-from csms.ocpp.normalise import parse_timestamp, register_reading, samples_v201, timestamp_flags
+from csms.ocpp.normalise import (
+    flag_outside_window,
+    parse_timestamp,
+    register_reading,
+    samples_v201,
+    timestamp_flags,
+)
 from schemas.events import ConnectionEvent, Event, MeterEvent, StatusEvent, TransactionEvent
 
 
@@ -76,9 +82,14 @@ async def transaction_event(ctx: Context, p: dict[str, Any]) -> Reply:
                 int32(evse["connectorId"], "evse.connectorId", minimum=0) if "connectorId" in evse else None)
         ctx.state.remember_tx_evse(uid, pair)
     evse_id, connector_id = ctx.state.tx_evse.get(uid, (None, None))
+    if kind == "started":
+        ctx.state.remember_window(uid, start=ts)
+    elif kind == "ended":
+        ctx.state.remember_window(uid, stop=ts)
     id_token = p.get("idToken")
     samples = samples_v201(p.get("meterValue") or [], received_at=ctx.received_at, evse_id=evse_id or 1)
     samples = ctx.state.registers.check(evse_id or 0, connector_id or 0, samples)
+    samples = flag_outside_window(samples, *ctx.state.tx_window.get(uid, (None, None)))
     remote_start = info.get("remoteStartId")
     tx_event = TransactionEvent(
         charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at, transaction_uid=uid, time=ts,
@@ -102,6 +113,7 @@ async def transaction_event(ctx: Context, p: dict[str, Any]) -> Reply:
                                  samples=samples))
     if kind == "ended":
         ctx.state.tx_evse.pop(uid, None)
+        ctx.state.tx_window.pop(uid, None)
     reply: dict[str, Any] = {}
     if isinstance(id_token, dict):  # E01.FR.11/12: verify and return idTokenInfo
         reply["idTokenInfo"] = await _id_token_info(ctx, id_token)

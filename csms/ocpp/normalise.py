@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from schemas.events import (
     FLAG_ANCIENT_TIMESTAMP,
     FLAG_CONNECTOR_ZERO_TOTAL,
     FLAG_FUTURE_TIMESTAMP,
     FLAG_IMPLAUSIBLE_UNIT,
+    FLAG_OUTSIDE_TRANSACTION,
     FLAG_REGISTER_DECREASED,
     FLAG_UNPARSEABLE_VALUE,
     Sample,
@@ -221,3 +224,15 @@ class RegisterTracker:
                     self.last.pop(next(iter(self.last)))
             out.append(s)
         return out
+
+
+def flag_outside_window(samples: list[Sample], start: datetime | None, stop: datetime | None) -> list[Sample]:
+    """Flag samples taken before their transaction started or after it stopped."""
+    if start is None and stop is None:
+        return samples
+    out = []
+    for s in samples:
+        if (start is not None and s.time < start) or (stop is not None and s.time > stop):
+            s = msgspec.structs.replace(s, flags=s.flags | FLAG_OUTSIDE_TRANSACTION)
+        out.append(s)
+    return out
