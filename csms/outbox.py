@@ -20,6 +20,8 @@ File format: segment files ``<first_seq:020d>.log`` of records
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -59,7 +61,7 @@ class CommittedRanges:
 
     def add(self, first: int, last: int) -> bool:
         """Record a confirmed range; return True if the watermark moved."""
-        if last <= self.watermark:
+        if last < first or last <= self.watermark:
             return False
         self._ranges.append((max(first, self.watermark + 1), last))
         self._ranges.sort()
@@ -70,6 +72,8 @@ class CommittedRanges:
                 if hi > self.watermark:
                     self.watermark = hi
                     moved = True
+            elif merged and lo <= merged[-1][1] + 1:  # overlapping, adjacent or repeated: kept once
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
             else:
                 merged.append((lo, hi))
         self._ranges = [(lo, hi) for lo, hi in merged if hi > self.watermark]
@@ -146,6 +150,8 @@ class Outbox:
 
     async def append(self, events: Sequence[Event]) -> None:
         """Return once the events are on disk (fsync'ed); raise BusFullError when the outbox is full."""
+        if not events:
+            return
         if self._bytes >= self._max_bytes:
             raise BusFullError(f"outbox full ({self._bytes} bytes unconfirmed); is the broker or ingest down?")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -183,14 +189,24 @@ class Outbox:
             self._roll_segment()
         assert self._segment_fd is not None
         record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-        os.write(self._segment_fd, record)
-        if self._fsync:
-            os.fsync(self._segment_fd)
+        try:
+            written = os.write(self._segment_fd, record)
+            if written != len(record):
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(record)} bytes)")
+            if self._fsync:
+                os.fsync(self._segment_fd)
+        except OSError:
+            # Cut the refused record off: the next one must follow the last good record, or
+            # a restart would stop reading at the fragment and lose the records after it.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._segment_fd, self._segment_size)
+            raise
         self._segment_size += len(record)
 
     def _roll_segment(self) -> None:
         if self._segment_fd is not None:
             os.close(self._segment_fd)
+            self._segment_fd = None  # if opening the next one fails, the next write tries again
         self._segment = self._dir / f"{self._next_seq:020d}{_SEGMENT_SUFFIX}"
         self._segment_fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segment_size = os.fstat(self._segment_fd).st_size

@@ -122,6 +122,14 @@ class MqttIngestWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, self._retry_max_s)
+            except Exception:
+                if stop.is_set():
+                    raise
+                # Unacknowledged messages come back on the next connection: start over.
+                logger.exception("ingest consumer failed; starting over in %.1f s", backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, self._retry_max_s)
 
     async def _consume(self, consumer: AckingConsumer, stop: asyncio.Event) -> None:
         # While one batch commits, the next is collected and decoded: the database and this
@@ -204,10 +212,15 @@ class MqttIngestWorker:
             try:
                 await self._writer.write_batch(events)
                 return
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # a worker never dies of a failed batch: it retries it
                 if stop.is_set():
                     raise
-                logger.warning("batch of %d events not committed (%s); retrying in %.1f s", len(events), exc, delay)
+                if not isinstance(exc, asyncpg.PostgresError):
+                    # The connection itself is suspect (server restarted, or left mid-operation,
+                    # e.g. asyncpg's "cannot switch to state"): replace every pooled connection.
+                    await self._writer.writer.pool.expire_connections()
+                logger.warning("batch of %d events not committed (%s: %s); retrying in %.1f s", len(events),
+                               type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
 

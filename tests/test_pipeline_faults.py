@@ -9,6 +9,7 @@ chargers sent, sample by sample.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -70,6 +71,25 @@ async def assert_exactly_once(db_url: str, fleet: list[ReplayingCharger], *roles
     assert got == want, logs  # every sample once: none missing, none doubled, nothing else
 
 
+@contextlib.asynccontextmanager
+async def topology(workdir: Path, db_url: str, mqtt_url: str, *, node_id: str,
+                   workers: tuple[str, ...]) -> AsyncIterator[tuple[Role, list[Role], str]]:
+    """``csms serve`` (one node) and ``csms ingest`` workers, healthy; stopped afterwards."""
+    port = free_port()
+    serve = csms_serve(workdir, db_url, mqtt_url, ocpp_port=port, node_id=node_id)
+    ingests = [csms_ingest(workdir, db_url, mqtt_url, node_id=w) for w in workers]
+    roles = [serve, *ingests]
+    for role in roles:
+        role.start()
+    try:
+        for role in roles:
+            await asyncio.to_thread(role.wait_healthy)
+        yield serve, ingests, f"ws://127.0.0.1:{port}/ocpp"
+    finally:
+        for role in roles:
+            role.stop()
+
+
 async def _when(fleet: list[ReplayingCharger], answered_share: float) -> None:
     target = answered_share * sum(c.count for c in fleet)
     while sum(c.answered for c in fleet) < target:  # noqa: ASYNC110 - polling counters of other tasks
@@ -78,15 +98,9 @@ async def _when(fleet: list[ReplayingCharger], answered_share: float) -> None:
 
 async def test_ingest_killed_mid_batch_and_restarted(workdir: Path, pipeline_db: str,
                                                      mosquitto: MosquittoService) -> None:
-    port = free_port()
-    serve = csms_serve(workdir, pipeline_db, mosquitto.url, ocpp_port=port, node_id="kill-ingest")
-    ingest = csms_ingest(workdir, pipeline_db, mosquitto.url, node_id="ingest-k")
-    serve.start()
-    ingest.start()
-    try:
-        await asyncio.to_thread(serve.wait_healthy)
-        await asyncio.to_thread(ingest.wait_healthy)
-        fleet = chargers(f"ws://127.0.0.1:{port}/ocpp", pace_s=0.005)
+    async with topology(workdir, pipeline_db, mosquitto.url, node_id="kill-ingest",
+                        workers=("ingest-k",)) as (serve, (ingest,), url):
+        fleet = chargers(url, pace_s=0.005)
         drive = asyncio.gather(*(c.run() for c in fleet))
         await _when(fleet, 0.3)
         ingest.kill()  # SIGKILL mid-stream: whatever it had received but not committed is not acked
@@ -96,26 +110,16 @@ async def test_ingest_killed_mid_batch_and_restarted(workdir: Path, pipeline_db:
         await assert_exactly_once(pipeline_db, fleet, serve, ingest)
         await asyncio.to_thread(ingest.wait_healthy)
         metrics = await asyncio.to_thread(ingest.metrics)
-        assert "csms_ingest_end_to_end_lag_seconds_count" in metrics
         lag_count = next(float(line.split()[-1]) for line in metrics.splitlines()
                          if line.startswith("csms_ingest_end_to_end_lag_seconds_count"))
-        assert lag_count > 0
-    finally:
-        serve.stop()
-        ingest.stop()
+        assert lag_count > 0  # the end-to-end lag histogram is exported and filled
 
 
 async def test_two_ingest_workers_share_the_stream(workdir: Path, pipeline_db: str,
                                                    mosquitto: MosquittoService) -> None:
-    port = free_port()
-    serve = csms_serve(workdir, pipeline_db, mosquitto.url, ocpp_port=port, node_id="two-workers")
-    workers = [csms_ingest(workdir, pipeline_db, mosquitto.url, node_id=f"ingest-{n}") for n in ("a", "b")]
-    for role in (serve, *workers):
-        role.start()
-    try:
-        for role in (serve, *workers):
-            await asyncio.to_thread(role.wait_healthy)
-        fleet = chargers(f"ws://127.0.0.1:{port}/ocpp")
+    async with topology(workdir, pipeline_db, mosquitto.url, node_id="two-workers",
+                        workers=("ingest-a", "ingest-b")) as (serve, workers, url):
+        fleet = chargers(url)
         await asyncio.gather(*(c.run() for c in fleet))
         await assert_exactly_once(pipeline_db, fleet, serve, *workers)
         written = []
@@ -124,47 +128,31 @@ async def test_two_ingest_workers_share_the_stream(workdir: Path, pipeline_db: s
             written.append(sum(float(line.split()[-1]) for line in text.splitlines()
                                if line.startswith('csms_ingest_rows_written_total{table="meter_samples"}')))
         assert all(n > 0 for n in written), written  # both workers took part
-    finally:
-        for role in (serve, *workers):
-            role.stop()
 
 
 async def test_broker_killed_and_restarted(workdir: Path, pipeline_db: str) -> None:
     broker = start_mosquitto()
-    port = free_port()
-    serve = csms_serve(workdir, pipeline_db, broker.url, ocpp_port=port, node_id="kill-broker")
-    ingest = csms_ingest(workdir, pipeline_db, broker.url, node_id="ingest-kb")
-    serve.start()
-    ingest.start()
     try:
-        await asyncio.to_thread(serve.wait_healthy)
-        await asyncio.to_thread(ingest.wait_healthy)
-        fleet = chargers(f"ws://127.0.0.1:{port}/ocpp", pace_s=0.005)
-        drive = asyncio.gather(*(c.run() for c in fleet))
-        await _when(fleet, 0.3)
-        broker.kill()  # what the broker held in memory is gone; the outbox still has it
-        await asyncio.sleep(2.0)
-        broker.restart()
-        await drive  # chargers were answered all along: the outbox is the durability point
-        await assert_exactly_once(pipeline_db, fleet, serve, ingest)
-        assert all(c.retries == 0 for c in fleet)
+        async with topology(workdir, pipeline_db, broker.url, node_id="kill-broker",
+                            workers=("ingest-kb",)) as (serve, (ingest,), url):
+            fleet = chargers(url, pace_s=0.005)
+            drive = asyncio.gather(*(c.run() for c in fleet))
+            await _when(fleet, 0.3)
+            broker.kill()  # what the broker held in memory is gone; the outbox still has it
+            await asyncio.sleep(2.0)
+            broker.restart()
+            await drive  # chargers were answered all along: the outbox is the durability point
+            await assert_exactly_once(pipeline_db, fleet, serve, ingest)
+            assert all(c.retries == 0 for c in fleet)
     finally:
-        serve.stop()
-        ingest.stop()
         broker.stop()
 
 
 async def test_central_system_killed_while_chargers_send(workdir: Path, pipeline_db: str,
                                                          mosquitto: MosquittoService) -> None:
-    port = free_port()
-    serve = csms_serve(workdir, pipeline_db, mosquitto.url, ocpp_port=port, node_id="kill-csms")
-    ingest = csms_ingest(workdir, pipeline_db, mosquitto.url, node_id="ingest-kc")
-    serve.start()
-    ingest.start()
-    try:
-        await asyncio.to_thread(serve.wait_healthy)
-        await asyncio.to_thread(ingest.wait_healthy)
-        fleet = chargers(f"ws://127.0.0.1:{port}/ocpp", pace_s=0.005)
+    async with topology(workdir, pipeline_db, mosquitto.url, node_id="kill-csms",
+                        workers=("ingest-kc",)) as (serve, (ingest,), url):
+        fleet = chargers(url, pace_s=0.005)
         drive = asyncio.gather(*(c.run() for c in fleet))
         await _when(fleet, 0.3)
         serve.kill()  # SIGKILL: answered messages are in the fsync'ed outbox, the rest are replayed
@@ -173,38 +161,26 @@ async def test_central_system_killed_while_chargers_send(workdir: Path, pipeline
         await drive
         await assert_exactly_once(pipeline_db, fleet, serve, ingest)
         assert any(c.reconnects > 0 for c in fleet)
-    finally:
-        serve.stop()
-        ingest.stop()
 
 
 async def test_timescaledb_down_for_30_seconds(workdir: Path, mosquitto: MosquittoService) -> None:
     pg = EmbeddedPostgres(data_dir=workdir / "own-pg", port=free_port())
     db_url = (await asyncio.to_thread(pg.start)).url()
     await prepare(db_url, CHARGERS)
-    port = free_port()
-    serve = csms_serve(workdir, db_url, mosquitto.url, ocpp_port=port, node_id="db-down")
-    ingest = csms_ingest(workdir, db_url, mosquitto.url, node_id="ingest-dd")
-    serve.start()
-    ingest.start()
     try:
-        await asyncio.to_thread(serve.wait_healthy)
-        await asyncio.to_thread(ingest.wait_healthy)
-        fleet = chargers(f"ws://127.0.0.1:{port}/ocpp", pace_s=0.05, count=700)
-        drive = asyncio.gather(*(c.run(deadline_s=240) for c in fleet))
-        await _when(fleet, 0.1)
-        await asyncio.to_thread(pg.stop)
-        assert not await asyncio.to_thread(pg.is_running)
-        await asyncio.sleep(30)  # chargers keep sending: the outbox and the broker hold the data
-        answered_while_down = sum(c.answered for c in fleet)
-        await asyncio.to_thread(pg.start)
-        await drive
-        await assert_exactly_once(db_url, fleet, serve, ingest)
-        assert answered_while_down > 0.1 * sum(c.count for c in fleet)
-        assert "retrying" in ingest.log()
+        async with topology(workdir, db_url, mosquitto.url, node_id="db-down",
+                            workers=("ingest-dd",)) as (serve, (ingest,), url):
+            fleet = chargers(url, pace_s=0.05, count=700)
+            drive = asyncio.gather(*(c.run(deadline_s=240) for c in fleet))
+            await _when(fleet, 0.1)
+            await asyncio.to_thread(pg.stop)
+            assert not await asyncio.to_thread(pg.is_running)
+            await asyncio.sleep(30)  # chargers keep sending: the outbox and the broker hold the data
+            answered_while_down = sum(c.answered for c in fleet)
+            await asyncio.to_thread(pg.start)
+            await drive
+            await assert_exactly_once(db_url, fleet, serve, ingest)
+            assert answered_while_down > 0.1 * sum(c.count for c in fleet)
+            assert "retrying" in ingest.log()
     finally:
-        serve.stop()
-        ingest.stop()
         await asyncio.to_thread(pg.stop)
-
-
