@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import itertools
 import logging
 import os
 import struct
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,6 +92,8 @@ class Outbox:
         self._fsync = fsync
         self._records: list[OutboxRecord] = []   # above the watermark, in order (memory bounded by max_bytes)
         self._confirmed: set[int] = set()        # first_seq of records confirmed out of order
+        self._watermark_written_at = 0.0
+        self._segment_starts: list[int] = []     # first_seq of each segment file, ascending
         self._bytes = 0
         self._next_seq = 0
         self.committed = CommittedRanges(-1)
@@ -111,6 +113,7 @@ class Outbox:
         watermark = self._read_watermark()
         self.committed = CommittedRanges(watermark)
         segments = sorted(self._dir.glob(f"*{_SEGMENT_SUFFIX}"))
+        self._segment_starts = [int(path.stem) for path in segments]
         for path in segments:
             self._load_segment(path, last=path == segments[-1])
         self._next_seq = max(self._records[-1].last_seq + 1 if self._records else 0, watermark + 1)
@@ -209,6 +212,8 @@ class Outbox:
             self._segment_fd = None  # if opening the next one fails, the next write tries again
         self._segment = self._dir / f"{self._next_seq:020d}{_SEGMENT_SUFFIX}"
         self._segment_fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if self._next_seq not in self._segment_starts:
+            self._segment_starts.append(self._next_seq)
         self._segment_size = os.fstat(self._segment_fd).st_size
         dir_fd = os.open(self._dir, os.O_RDONLY)
         try:
@@ -234,7 +239,12 @@ class Outbox:
                 self._confirmed.add(record.first_seq)
         if self.committed.add(first, last):
             self._drop_confirmed()
-            self._write_watermark()
+            # At most once a second (and at close): on a busy node confirmations arrive for
+            # every batch, and a stale watermark only means some batches are sent again.
+            now = time.monotonic()
+            if now - self._watermark_written_at >= 1.0:
+                self._write_watermark()
+                self._watermark_written_at = now
 
     def _drop_confirmed(self) -> None:
         mark = self.committed.watermark
@@ -248,11 +258,11 @@ class Outbox:
             del self._records[:keep]
         # A segment can go once the next one starts at or below watermark + 1 (all of its
         # records are confirmed). The newest segment is kept: it may be the one being written.
-        segments = sorted(self._dir.glob(f"*{_SEGMENT_SUFFIX}"))
-        for path, following in itertools.pairwise(segments):
-            if path == self._segment or int(following.stem) - 1 > mark:
-                break
-            path.unlink(missing_ok=True)
+        # The list of segments is kept in memory: no directory listing per confirmation.
+        while (len(self._segment_starts) >= 2 and self._segment_starts[1] - 1 <= mark
+               and (self._segment is None or int(self._segment.stem) != self._segment_starts[0])):
+            first = self._segment_starts.pop(0)
+            (self._dir / f"{first:020d}{_SEGMENT_SUFFIX}").unlink(missing_ok=True)
 
     def _watermark_path(self) -> Path:
         return self._dir / "committed"
@@ -278,7 +288,8 @@ class Outbox:
 
     @property
     def pending_events(self) -> int:
-        return sum(r.last_seq - r.first_seq + 1 for r in self._records)
+        # Records are consecutive ranges in order (some may be confirmed out of order).
+        return self._records[-1].last_seq - self._records[0].first_seq + 1 if self._records else 0
 
     def oldest_age_s(self) -> float:
         if not self._records:
