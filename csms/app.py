@@ -19,14 +19,15 @@ from typing import Any
 
 import asyncpg
 import uvicorn
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Info
 
+from csms import __version__
 from csms.embedded_pg import EmbeddedPostgres
 from csms.errors import ConfigurationError
 from csms.gateway import Gateway, GatewayLimits
 from csms.handshake import HandshakePolicy
 from csms.http_api import create_app
-from csms.metrics import BusMetrics, GatewayMetrics
+from csms.metrics import BusMetrics, GatewayMetrics, register_pool_metrics
 from csms.mqtt_bus import MqttBus
 from csms.registry import DbServices
 from schemas.bus import Bus, InProcessBus
@@ -147,6 +148,7 @@ class CentralSystem:
             logger.info("applied migrations: %s", ", ".join(applied))
         self.pool = await asyncpg.create_pool(self.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max,
                                               timeout=s.db_connect_timeout_s)
+        register_pool_metrics(self.registry, self.pool, role="serve")
         role = load_ingest_role()
         if s.mqtt_url:
             self.bus = MqttBus(url=s.mqtt_url, node_id=s.node_id, outbox_dir=s.data_dir / "outbox" / s.node_id,
@@ -255,6 +257,9 @@ async def run_ingest(settings: Settings, stop_event: asyncio.Event) -> None:
     await migrate(settings.database_url, timeout_s=settings.db_connect_timeout_s)
     registry = CollectorRegistry()
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    register_pool_metrics(registry, pool, role="ingest")
+    build = Info("csms_build", "Build information", registry=registry)
+    build.info({"version": __version__, "role": "ingest"})
 
     async def health() -> dict[str, Any]:
         ok = False

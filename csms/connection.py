@@ -76,6 +76,7 @@ class OutgoingCalls:
         if self._waiting >= self._max_queued:
             raise ChargerCommandError(f"{self._max_queued} commands are already waiting for this charger")
         self._waiting += 1
+        self._metrics.commands_outstanding.inc()
         try:
             async with self._lock:
                 if self._closed is not None:
@@ -103,6 +104,7 @@ class OutgoingCalls:
                 return result
         finally:
             self._waiting -= 1
+            self._metrics.commands_outstanding.dec()
 
     def resolve(self, msg: CallResult | CallError | CallResultError) -> None:
         pending = self._pending

@@ -24,12 +24,13 @@ class GatewayMetrics:
     command_seconds: Histogram
     unsolicited_responses: Counter
     tolerated: Counter
+    commands_outstanding: Gauge
     build_info: Info
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
         build = Info("csms_build", "Build information", registry=registry)
-        build.info({"version": __version__})
+        build.info({"version": __version__, "role": "serve"})
         return cls(
             connected=Gauge("csms_chargers_connected", "Chargers with a live websocket, by OCPP version",
                             ["ocpp_version"], registry=registry),
@@ -66,6 +67,8 @@ class GatewayMetrics:
             tolerated=Counter("csms_ocpp_schema_violations_tolerated_total",
                               "Messages that failed the schema but were accepted in tolerant mode, by action",
                               ["action"], registry=registry),
+            commands_outstanding=Gauge("csms_commands_outstanding", "Operator commands sent or queued, not yet "
+                                       "answered", registry=registry),
             build_info=build,
         )
 
@@ -104,3 +107,12 @@ class BusMetrics:
                                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
                                       registry=registry),
         )
+
+
+def register_pool_metrics(registry: CollectorRegistry, pool: object, *, role: str) -> None:
+    """Database pool usage (size and idle connections) as gauges read at scrape time."""
+    size = Gauge("csms_db_pool_connections", "Connections in the database pool", ["role"], registry=registry)
+    idle = Gauge("csms_db_pool_idle_connections", "Idle connections in the database pool", ["role"],
+                 registry=registry)
+    size.labels(role).set_function(lambda: float(getattr(pool, "get_size")()))  # noqa: B009
+    idle.labels(role).set_function(lambda: float(getattr(pool, "get_idle_size")()))  # noqa: B009
