@@ -85,7 +85,9 @@ build_timescaledb() {
     local major="$1"
     say "TimescaleDB is not packaged for PostgreSQL $major here: building the Apache-2 edition"
     say "from Debian's own source package (suite trixie, $TSDB_SERIES.x); takes about a minute"
-    apt_install "postgresql-server-dev-$major" cmake gcc make dpkg-dev libssl-dev libkrb5-dev
+    # debian-archive-keyring verifies Debian's source index (already present on Debian; on Ubuntu
+    # it is a universe package).
+    apt_install "postgresql-server-dev-$major" cmake gcc make dpkg-dev libssl-dev libkrb5-dev debian-archive-keyring
     local apt_dir="$STATE_DIR/apt" build_dir="$STATE_DIR/build"
     mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$build_dir"
     # A private apt configuration with a deb-src entry, so the system's sources stay untouched.
