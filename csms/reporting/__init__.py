@@ -1,0 +1,16 @@
+"""Public reporting: uptime and outages, utilization (pure arithmetic here, SQL elsewhere).
+
+Formulas follow ``reporting.md`` §5.4 "Normative definitions for our project" (NEVI 23 CFR
+680.116(b), the UK PCPR reg. 7 reliability, time-based utilization and capacity factor).
+All times are UTC ``datetime``s; calendar windows and opening hours are built in the
+station's IANA time zone, so DST days have 23 or 25 hours.
+"""
+
+FORMULA_VERSION = "2026-11.1"
+
+
+def round2(value: float) -> float:
+    """Two decimals, half up (as people and EV-ChART's decimal(5,2) expect: 3.125 → 3.13)."""
+    from decimal import ROUND_HALF_UP, Decimal
+
+    return float(Decimal(repr(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
