@@ -17,8 +17,8 @@ DAY_HOURS = {"twentyfourseven": False,
              "regular_hours": [{"weekday": d, "period_begin": "06:00", "period_end": "22:00"} for d in range(1, 8)]}
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def faults(spans: list[tuple[datetime, datetime]], since: datetime) -> PortTimeline:
