@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from csms import __version__
 from csms.api_operator import build_operator_router
+from csms.api_reporting import build_reporting_router
 from csms.gateway import Gateway
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
@@ -49,5 +50,6 @@ def create_app(*, registry: CollectorRegistry, api_token: str, health: HealthChe
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(build_operator_router(pool=pool, gateway=gateway), dependencies=operator)
+    app.include_router(build_reporting_router(pool=pool), dependencies=operator)
 
     return app

@@ -1,0 +1,158 @@
+"""Reporting API (read-only apart from the append-only exclusion log): port uptime and outages.
+
+Every response carries ``formula_version``, ``data_completeness`` and ``generated_at`` so a
+figure can be traced to the rules that produced it (reporting.md §7).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from pydantic import BaseModel, Field, HttpUrl, model_validator
+
+from csms.reporting import FORMULA_VERSION
+from csms.reporting.hours import opening_intervals
+from csms.reporting.queries import exclusions, port_info, port_timeline
+from csms.reporting.uptime import EXCLUSION_REASONS, UptimeResult, nevi_window, uptime
+
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+MAX_WINDOW = timedelta(days=400)
+
+CpId = Annotated[str, Path(min_length=1, max_length=48, pattern=r"^[^:/]+$")]
+EvseId = Annotated[int, Path(ge=1, le=64)]
+
+
+class ExclusionIn(BaseModel):
+    starts_at: datetime
+    ends_at: datetime
+    reason: Literal["utility_interruption", "vehicle_fault", "scheduled_maintenance", "vandalism",
+                    "natural_disaster", "outside_hours", "withdrawn"]
+    notes: str = Field("", max_length=2000)
+    evidence_urls: list[HttpUrl] = Field(default_factory=list, max_length=20)
+    claimed_by: str = Field(min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ExclusionIn:
+        if self.starts_at.tzinfo is None or self.ends_at.tzinfo is None:
+            raise ValueError("timestamps need a UTC offset")
+        if self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _window(method: str, report_month: str | None, start: datetime | None, end: datetime | None,
+            time_zone: str) -> tuple[datetime, datetime]:
+    if method == "nevi":
+        if report_month is None or not _MONTH.match(report_month):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "method=nevi needs report_month=YYYY-MM")
+        return nevi_window(report_month, time_zone)
+    if start is None or end is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"method={method} needs from and to")
+    if start.tzinfo is None or end.tzinfo is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "from and to need a UTC offset")
+    if not timedelta(0) < end - start <= MAX_WINDOW:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the window must be positive and at most 400 days")
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def _view(result: UptimeResult, cp: str, evse: int) -> dict[str, Any]:
+    return {
+        "charge_point_id": cp, "evse_id": evse, "method": result.method,
+        "period_start": _iso(result.period_start), "period_end": _iso(result.period_end),
+        "minutes_in_period": round(result.minutes_in_period, 2), "denominator_minutes": result.denominator_minutes,
+        "t_outage_min": result.t_outage_min, "t_excluded_min": result.t_excluded_min,
+        "excluded_by_reason": result.excluded_by_reason, "uptime_pct": result.uptime_pct,
+        "meets_requirement": result.meets_requirement, "eligible": result.eligible,
+        "pro_rata_uptime_pct": result.pro_rata_uptime_pct, "data_completeness": result.data_completeness,
+        "formula_version": FORMULA_VERSION, "generated_at": _iso(datetime.now(UTC)),
+    }
+
+
+def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
+    router = APIRouter(prefix="/api/v1/reporting", tags=["reporting"])
+
+    def db() -> asyncpg.Pool:
+        if pool is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no database on this role")
+        return pool
+
+    @router.get("/ports/{cp_id}/{evse_id}/uptime")
+    async def port_uptime(
+        cp_id: CpId, evse_id: EvseId,
+        method: Literal["nevi", "generic", "uk"] = "nevi",
+        report_month: Annotated[str | None, Query(max_length=7)] = None,
+        start: Annotated[datetime | None, Query(alias="from")] = None,
+        end: Annotated[datetime | None, Query(alias="to")] = None,
+        offline_grace_s: Annotated[int, Query(ge=0, le=86400)] = 0,
+        offline_counts_as_outage: bool = True,
+    ) -> dict[str, Any]:
+        """Uptime of one port (EVSE): NEVI 23 CFR 680.116(b), any window, or UK PCPR reliability."""
+        info = await port_info(db(), cp_id, evse_id)
+        if info is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no port {cp_id}/{evse_id}")
+        window = _window(method, report_month, start, end, info.time_zone)
+        timeline = await port_timeline(db(), cp_id, evse_id, window)
+        result = uptime(method=method, timeline=timeline, window=window,
+                        opening=opening_intervals(info.opening_hours, info.time_zone, window),
+                        exclusions=await exclusions(db(), cp_id, evse_id, window),
+                        operational_since=info.operational_since,
+                        offline_grace=timedelta(seconds=offline_grace_s), offline_counts=offline_counts_as_outage)
+        return _view(result, cp_id, evse_id)
+
+    @router.get("/ports/{cp_id}/{evse_id}/outages")
+    async def port_outages(cp_id: CpId, evse_id: EvseId, start: Annotated[datetime, Query(alias="from")],
+                           end: Annotated[datetime, Query(alias="to")],
+                           offline_grace_s: Annotated[int, Query(ge=0, le=86400)] = 0) -> dict[str, Any]:
+        """Every outage of the port in [from, to), with its cause and the exclusion applied to it."""
+        info = await port_info(db(), cp_id, evse_id)
+        if info is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no port {cp_id}/{evse_id}")
+        window = _window("generic", None, start, end, info.time_zone)
+        timeline = await port_timeline(db(), cp_id, evse_id, window)
+        applied = await exclusions(db(), cp_id, evse_id, window)
+        result = uptime(method="generic", timeline=timeline, window=window,
+                        opening=opening_intervals(info.opening_hours, info.time_zone, window),
+                        exclusions=applied, offline_grace=timedelta(seconds=offline_grace_s))
+        items = []
+        for outage in result.outages:
+            reason = next((e.reason for e in applied if e.start < outage.end and e.end > outage.start), None)
+            items.append({"outage_id": _iso(outage.start), "end": _iso(outage.end),
+                          "duration_min": round(outage.minutes, 2), "detection": outage.detection,
+                          "cause": outage.cause, "excluded": reason is not None, "exclusion_reason": reason,
+                          "exclusion_reason_code_evchart": EXCLUSION_REASONS.get(reason or "")})
+        return {"charge_point_id": cp_id, "evse_id": evse_id, "outages": items, "formula_version": FORMULA_VERSION,
+                "data_completeness": result.data_completeness, "generated_at": _iso(datetime.now(UTC))}
+
+    @router.post("/ports/{cp_id}/{evse_id}/exclusions", status_code=status.HTTP_201_CREATED)
+    async def add_exclusion(cp_id: CpId, evse_id: EvseId, body: ExclusionIn) -> dict[str, Any]:
+        """Record why an outage should not count (append-only; a later entry for the same span wins)."""
+        if await port_info(db(), cp_id, evse_id) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no port {cp_id}/{evse_id}")
+        row = await db().fetchrow(
+            """INSERT INTO outage_exclusions (charge_point_id, evse_id, starts_at, ends_at, reason, notes,
+                                              evidence_urls, claimed_by)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, created_at""",
+            cp_id, evse_id, body.starts_at, body.ends_at, body.reason, body.notes,
+            [str(u) for u in body.evidence_urls], body.claimed_by)
+        assert row is not None
+        return {"id": row["id"], "created_at": _iso(row["created_at"])}
+
+    @router.get("/ports/{cp_id}/{evse_id}/exclusions")
+    async def list_exclusions(cp_id: CpId, evse_id: EvseId) -> list[dict[str, Any]]:
+        """The whole audit trail of exclusions for the port, oldest first."""
+        rows = await db().fetch(
+            "SELECT id, starts_at, ends_at, reason, notes, evidence_urls, claimed_by, created_at "
+            "FROM outage_exclusions WHERE charge_point_id = $1 AND evse_id = $2 ORDER BY id LIMIT 10000",
+            cp_id, evse_id)
+        return [{**dict(r), "starts_at": _iso(r["starts_at"]), "ends_at": _iso(r["ends_at"]),
+                 "created_at": _iso(r["created_at"])} for r in rows]
+
+    return router
