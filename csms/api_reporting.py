@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, Field, HttpUrl, model_validator
 
-from csms.reporting import FORMULA_VERSION
+from csms.reporting import FORMULA_VERSION, evchart
 from csms.reporting.hours import opening_intervals
 from csms.reporting.queries import exclusions, port_info, port_timeline
 from csms.reporting.uptime import EXCLUSION_REASONS, UptimeResult, nevi_window, uptime
@@ -23,6 +23,10 @@ _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 MAX_WINDOW = timedelta(days=400)
 
 CpId = Annotated[str, Path(min_length=1, max_length=48, pattern=r"^[^:/]+$")]
+Year = Annotated[int, Query(ge=2020, le=2100)]
+Quarter = Annotated[int, Query(ge=1, le=4)]
+Provider = Annotated[str, Query(max_length=64, pattern=r"^[a-z0-9_]+$")]
+Grace = Annotated[int, Query(ge=0, le=86400)]
 EvseId = Annotated[int, Path(ge=1, le=64)]
 
 
@@ -63,6 +67,12 @@ def _window(method: str, report_month: str | None, start: datetime | None, end: 
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
+def _until_now(window: tuple[datetime, datetime]) -> tuple[datetime, datetime]:
+    """Nothing is known about the future: a window reaching past now ends now."""
+    now = datetime.now(UTC)
+    return (window[0], min(window[1], max(now, window[0] + timedelta(seconds=1))))
+
+
 def _view(result: UptimeResult, cp: str, evse: int) -> dict[str, Any]:
     return {
         "charge_point_id": cp, "evse_id": evse, "method": result.method,
@@ -98,7 +108,7 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
         info = await port_info(db(), cp_id, evse_id)
         if info is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no port {cp_id}/{evse_id}")
-        window = _window(method, report_month, start, end, info.time_zone)
+        window = _until_now(_window(method, report_month, start, end, info.time_zone))
         timeline = await port_timeline(db(), cp_id, evse_id, window)
         result = uptime(method=method, timeline=timeline, window=window,
                         opening=opening_intervals(info.opening_hours, info.time_zone, window),
@@ -115,7 +125,7 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
         info = await port_info(db(), cp_id, evse_id)
         if info is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no port {cp_id}/{evse_id}")
-        window = _window("generic", None, start, end, info.time_zone)
+        window = _until_now(_window("generic", None, start, end, info.time_zone))
         timeline = await port_timeline(db(), cp_id, evse_id, window)
         applied = await exclusions(db(), cp_id, evse_id, window)
         result = uptime(method="generic", timeline=timeline, window=window,
@@ -155,4 +165,85 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
         return [{**dict(r), "starts_at": _iso(r["starts_at"]), "ends_at": _iso(r["ends_at"]),
                  "created_at": _iso(r["created_at"])} for r in rows]
 
+    @router.get("/exports/ev-chart/module-2.csv", response_class=Response)
+    async def evchart_module_2(year: Year, quarter: Quarter, network_provider: Provider = "other") -> Response:
+        """EV-ChART module 2: one row per session that started in the quarter."""
+        start, end = evchart.quarter_bounds(year, quarter)
+        rows = await db().fetch(
+            """SELECT COALESCE(c.location_id, t.charge_point_id) AS station_id, e.uid AS port_id,
+                      t.charge_point_id, t.transaction_uid, t.connector_id, t.started_at, t.stopped_at,
+                      t.stop_reason, t.energy_wh::float8 / 1000 AS energy_kwh, tok.token_type,
+                      (SELECT max(m.value) / 1000 FROM meter_samples m
+                        WHERE m.charge_point_id = t.charge_point_id AND m.transaction_uid = t.transaction_uid
+                          AND m.measurand = 'Power.Active.Import' AND m.phase = ''
+                          AND m.time >= t.started_at AND m.time <= COALESCE(t.stopped_at, t.started_at)) AS peak_kw
+               FROM transactions t JOIN charge_points c ON c.id = t.charge_point_id
+               LEFT JOIN evses e ON e.charge_point_id = t.charge_point_id AND e.evse_id = t.evse_id
+               LEFT JOIN id_tokens tok ON tok.id_token = t.id_token
+               WHERE t.started_at >= $1 AND t.started_at < $2 ORDER BY t.started_at, t.charge_point_id""",
+            start, end)
+        body = evchart.to_csv(evchart.MODULE_2, (
+            (r["station_id"], r["port_id"] or f"{r['charge_point_id']}*{r['connector_id'] or 0}", network_provider,
+             r["charge_point_id"], r["transaction_uid"], r["connector_id"], evchart.evchart_time(r["started_at"]),
+             evchart.evchart_time(r["stopped_at"]), evchart.session_error(r["stop_reason"], r["energy_kwh"]), "",
+             evchart.decimal2(r["energy_kwh"]), evchart.decimal2(r["peak_kw"]),
+             evchart.PAYMENT_METHODS.get(r["token_type"] or "", "other"), "") for r in rows))
+        return _csv(body, f"module2_{year}_Q{quarter}.csv")
+
+    async def _ports() -> list[asyncpg.Record]:
+        return await db().fetch(
+            "SELECT e.charge_point_id, e.evse_id, e.uid, COALESCE(c.location_id, e.charge_point_id) AS station_id "
+            "FROM evses e JOIN charge_points c ON c.id = e.charge_point_id ORDER BY e.charge_point_id, e.evse_id")
+
+    async def _port_uptime(port: asyncpg.Record, method: str, window: tuple[datetime, datetime],
+                           offline_grace_s: int) -> UptimeResult:
+        info = await port_info(db(), port["charge_point_id"], port["evse_id"])
+        assert info is not None
+        window = _until_now(window)
+        return uptime(method=method, timeline=await port_timeline(db(), port["charge_point_id"], port["evse_id"],
+                                                                  window),
+                      window=window, opening=opening_intervals(info.opening_hours, info.time_zone, window),
+                      exclusions=await exclusions(db(), port["charge_point_id"], port["evse_id"], window),
+                      operational_since=info.operational_since, offline_grace=timedelta(seconds=offline_grace_s))
+
+    @router.get("/exports/ev-chart/module-3.csv", response_class=Response)
+    async def evchart_module_3(year: Year, quarter: Quarter, network_provider: Provider = "other",
+                               offline_grace_s: Grace = 0) -> Response:
+        """EV-ChART module 3: per port, three rows — the trailing-12-month NEVI uptime at each month of the quarter."""
+        rows = []
+        for port in await _ports():
+            for month in range(3 * (quarter - 1) + 1, 3 * quarter + 1):
+                window = nevi_window(f"{year}-{month:02d}", "UTC")
+                result = await _port_uptime(port, "nevi", window, offline_grace_s)
+                rows.append((port["station_id"], port["uid"], network_provider, evchart.evchart_time(window[0]),
+                             evchart.evchart_time(window[1]), evchart.decimal2(result.uptime_pct),
+                             evchart.decimal2(result.t_outage_min), evchart.decimal2(result.t_excluded_min)))
+        return _csv(evchart.to_csv(evchart.MODULE_3, rows), f"module3_{year}_Q{quarter}.csv")
+
+    @router.get("/exports/ev-chart/module-4.csv", response_class=Response)
+    async def evchart_module_4(year: Year, quarter: Quarter, network_provider: Provider = "other",
+                               with_exclusions: bool = False, offline_grace_s: Grace = 0) -> Response:
+        """EV-ChART module 4: one row per outage that started in the quarter."""
+        window = evchart.quarter_bounds(year, quarter)
+        rows: list[tuple[object, ...]] = []
+        for port in await _ports():
+            result = await _port_uptime(port, "generic", window, offline_grace_s)
+            applied = await exclusions(db(), port["charge_point_id"], port["evse_id"], window)
+            for outage in result.outages:
+                if not window[0] <= outage.start < window[1] or outage.minutes < 0.01:
+                    continue
+                row: tuple[object, ...] = (port["station_id"], port["uid"], network_provider,
+                                           evchart.evchart_time(outage.start), evchart.decimal2(outage.minutes))
+                if with_exclusions:
+                    reason = next((e.reason for e in applied if e.start < outage.end and e.end > outage.start), None)
+                    row = (*row, "true" if reason else "false", EXCLUSION_REASONS.get(reason or ""), "")
+                rows.append(row)
+        columns = evchart.MODULE_4_EXCLUSIONS if with_exclusions else evchart.MODULE_4
+        return _csv(evchart.to_csv(columns, rows), f"module4_{year}_Q{quarter}.csv")
+
     return router
+
+
+def _csv(body: bytes, filename: str) -> Response:
+    return Response(body, media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
