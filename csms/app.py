@@ -165,7 +165,8 @@ class CentralSystem:
         self.gateway = build_gateway(s, pool=self.pool, bus=self.bus, registry=self.registry)
         await self.gateway.start()
         app = create_app(registry=self.registry, api_token=load_or_create_api_token(s), health=self.health,
-                         pool=self.pool, gateway=self.gateway)
+                         pool=self.pool, gateway=self.gateway, ocpi_token=s.ocpi_token,
+                         ocpi_country_code=s.ocpi_country_code, ocpi_party_id=s.ocpi_party_id)
         self.http = HttpServer(app=app, host=s.http_host, port=s.http_port)
         await self.http.start()
         logger.info("HTTP API on http://%s:%d (healthz, metrics, /api/v1)", s.http_host, self.http.port)

@@ -7,6 +7,7 @@ in constant time. Public endpoints (health, metrics) are read-only.
 from __future__ import annotations
 
 import hmac
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from csms import __version__
 from csms.api_operator import build_operator_router
 from csms.api_reporting import build_reporting_router
 from csms.gateway import Gateway
+from csms.ocpi import build_ocpi_router
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -26,7 +28,8 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 def create_app(*, registry: CollectorRegistry, api_token: str, health: HealthCheck,
-               pool: asyncpg.Pool | None, gateway: Gateway | None) -> FastAPI:
+               pool: asyncpg.Pool | None, gateway: Gateway | None, ocpi_token: str | None = None,
+               ocpi_country_code: str = "US", ocpi_party_id: str = "CSM") -> FastAPI:
     app = FastAPI(title="CSMS telemetry API", version=__version__,
                   description="Operator API of the OCPP central system; reporting under /api/v1/reporting.")
     token_bytes = api_token.encode()
@@ -51,5 +54,12 @@ def create_app(*, registry: CollectorRegistry, api_token: str, health: HealthChe
 
     app.include_router(build_operator_router(pool=pool, gateway=gateway), dependencies=operator)
     app.include_router(build_reporting_router(pool=pool), dependencies=operator)
+    if pool is not None:
+        # OCPI partners authenticate with their own token (OCPI 2.2.1 "Token"); without one
+        # configured, a random token nobody knows keeps the partner endpoints closed.
+        app.include_router(build_ocpi_router(
+            pool=pool, token=ocpi_token or secrets.token_urlsafe(32), country_code=ocpi_country_code,
+            party_id=ocpi_party_id,
+            live_ids=lambda: {c.charge_point_id for c in gateway.registry.all()} if gateway else set()))
 
     return app

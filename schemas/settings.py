@@ -76,6 +76,11 @@ class Settings:
     http_host: str = _opt("127.0.0.1", "address of the HTTP API and /metrics")
     http_port: int = _opt(8080, "port of the HTTP API and /metrics")
     api_token: str | None = _opt(None, "operator API bearer token; unset = generated into --data-dir")
+    ocpi_token: str | None = _opt(None, "token OCPI partners send (Authorization: Token …); unset = partner "
+                                        "endpoints refuse everyone (the public open-data feed still works)",
+                                  roles="run,serve")
+    ocpi_country_code: str = _opt("US", "OCPI country_code of this CPO (ISO 3166-1 alpha-2)", roles="run,serve")
+    ocpi_party_id: str = _opt("CSM", "OCPI party_id of this CPO (3 characters)", roles="run,serve")
 
     # Database.
     db_pool_min: int = _opt(1, "minimum database connections in the pool")
