@@ -11,13 +11,14 @@ import base64
 import json
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
-def meter_values_frame(message_id: str, tx: int, energy_wh: int) -> str:
+def meter_values_frame(message_id: str, tx: int, energy_wh: int, at: datetime | None = None) -> str:
     """A typical 1.6 MeterValues: 10 sampled values with context, measurand, location and unit."""
-    ts = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{datetime.now(UTC).microsecond // 1000:03d}Z"
+    now = at or datetime.now(UTC)
+    ts = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
     def sv(value: str, measurand: str, unit: str, phase: str | None = None) -> dict[str, Any]:
         out = {"value": value, "context": "Sample.Periodic", "format": "Raw", "measurand": measurand,
@@ -51,10 +52,14 @@ async def _client(url: str, cp_id: str, password: str | None, boot: bool, stop_a
             await ws.recv()
         n = 0
         energy = 1000
+        last = datetime.now(UTC) - timedelta(seconds=1)
         while time.monotonic() < stop_at:
             n += 1
             energy += 25
-            frame = meter_values_frame(f"{cp_id}-{n}", 1, energy)
+            # Sample times strictly increase per charger, as a meter's do: two answers can come
+            # back within one millisecond, and samples with the same key are the same sample.
+            last = max(datetime.now(UTC), last + timedelta(milliseconds=1))
+            frame = meter_values_frame(f"{cp_id}-{n}", 1, energy, last)
             sent = time.perf_counter()
             await ws.send(frame)
             reply = json.loads(await ws.recv())
