@@ -7,6 +7,7 @@ figure can be traced to the rules that produced it (reporting.md §7).
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,8 @@ from csms.reporting import FORMULA_VERSION, evchart
 from csms.reporting.hours import opening_intervals
 from csms.reporting.queries import exclusions, port_info, port_timeline
 from csms.reporting.uptime import EXCLUSION_REASONS, UptimeResult, nevi_window, uptime
+from csms.reporting.usage import station_ports
+from csms.reporting.utilization import utilization
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 MAX_WINDOW = timedelta(days=400)
@@ -164,6 +167,21 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
             cp_id, evse_id)
         return [{**dict(r), "starts_at": _iso(r["starts_at"]), "ends_at": _iso(r["ends_at"]),
                  "created_at": _iso(r["created_at"])} for r in rows]
+
+    @router.get("/stations/{location_id}/utilization")
+    async def station_utilization(location_id: Annotated[str, Path(min_length=1, max_length=36)],
+                                  start: Annotated[datetime, Query(alias="from")],
+                                  end: Annotated[datetime, Query(alias="to")]) -> dict[str, Any]:
+        """Occupied/charging/idle time, energy, capacity factor and session rates of a station's ports."""
+        window = _until_now(_window("generic", None, start, end, "UTC"))
+        built = await station_ports(db(), location_id, window)
+        if built is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no location {location_id}")
+        ports, time_zone = built
+        result = utilization(ports, window)
+        return {"location_id": location_id, "time_zone": time_zone, "period_start": _iso(window[0]),
+                "period_end": _iso(window[1]), **asdict(result), "formula_version": FORMULA_VERSION,
+                "generated_at": _iso(datetime.now(UTC))}
 
     @router.get("/exports/ev-chart/module-2.csv", response_class=Response)
     async def evchart_module_2(year: Year, quarter: Quarter, network_provider: Provider = "other") -> Response:

@@ -86,8 +86,8 @@ ON CONFLICT (charge_point_id, transaction_uid) DO UPDATE SET
 
 _TX_EVENT_INSERT = """
 INSERT INTO transaction_events (charge_point_id, transaction_uid, seq_no, event_type, time, trigger_reason,
-                                offline, received_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                                offline, received_at, charging_state)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT DO NOTHING
 """
 
@@ -248,7 +248,7 @@ async def _write_transactions(conn: asyncpg.Connection | PoolConnectionProxy, tx
                         ev.seq_no, ev.offline, ev.flags))
         if ev.seq_no is not None:
             seq_rows.append((ev.charge_point_id, ev.transaction_uid, ev.seq_no, ev.kind.capitalize(), ev.time,
-                             ev.trigger_reason or "", ev.offline, ev.received_at))
+                             ev.trigger_reason or "", ev.offline, ev.received_at, ev.charging_state))
     # Key order, so that concurrent writers lock transaction rows in the same order; the
     # merges are order-independent, so sorting changes no result.
     upserts.sort(key=lambda row: (row[0], row[1], row[14] if row[14] is not None else -1))

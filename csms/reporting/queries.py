@@ -40,12 +40,12 @@ async def port_info(db: asyncpg.Pool, charge_point_id: str, evse_id: int) -> Por
 
 async def _statuses(db: asyncpg.Pool, cp: str, evse: int, window: Interval) -> list[StatusChange]:
     rows = await db.fetch(
-        """(SELECT time, status, error_code FROM connector_status
-            WHERE charge_point_id = $1 AND evse_id = $2 AND time < $3 ORDER BY time DESC LIMIT 1)
+        """(SELECT time, status, error_code, received_at FROM connector_status
+            WHERE charge_point_id = $1 AND evse_id = $2 AND time < $3 ORDER BY time DESC, received_at DESC LIMIT 1)
            UNION ALL
-           (SELECT time, status, error_code FROM connector_status
+           (SELECT time, status, error_code, received_at FROM connector_status
             WHERE charge_point_id = $1 AND evse_id = $2 AND time >= $3 AND time < $4)
-           ORDER BY time""", cp, evse, window[0], window[1])
+           ORDER BY time, received_at""", cp, evse, window[0], window[1])
     return [StatusChange(r["time"], r["status"], r["error_code"]) for r in rows]
 
 

@@ -26,3 +26,6 @@ CREATE TRIGGER outage_exclusions_no_update BEFORE UPDATE OR DELETE ON outage_exc
 -- Looking up a port's status at a moment: the latest row at or before it.
 CREATE INDEX connector_status_port_time_idx ON connector_status (charge_point_id, evse_id, time DESC);
 CREATE INDEX connection_events_cp_time_idx ON connection_events (charge_point_id, time DESC);
+
+-- 2.0.1 has no Charging connector status: charging time comes from TransactionEvent chargingState.
+ALTER TABLE transaction_events ADD COLUMN charging_state text;
