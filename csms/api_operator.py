@@ -122,7 +122,7 @@ def build_operator_router(*, pool: asyncpg.Pool | None, gateway: Gateway | None)
                 state.triggered.add(str(payload.get("requestedMessage", "")))
             response = await conn.charger.outgoing.call(action, payload)
         except commands.CommandRefused as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
         except ChargerOfflineError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
         except ChargerTimeoutError as exc:
@@ -152,7 +152,7 @@ def build_operator_router(*, pool: asyncpg.Pool | None, gateway: Gateway | None)
         try:
             action, payload = commands.remote_stop(live(cp_id).ocpp_version, transaction_id=body.transaction_id)
         except commands.CommandRefused as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
         return await send(cp_id, action, payload)
 
     @router.post("/charge-points/{cp_id}/reset", tags=["commands"])
@@ -194,7 +194,7 @@ def build_operator_router(*, pool: asyncpg.Pool | None, gateway: Gateway | None)
         try:
             generated = await add_charge_point(db(), spec)
         except asyncpg.ForeignKeyViolationError:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+            raise HTTPException(status.HTTP_400_BAD_REQUEST,
                                 f"unknown location {body.location_id}") from None
         if gateway is not None:
             gateway.forget_credentials(body.id)

@@ -59,14 +59,14 @@ def _window(method: str, report_month: str | None, start: datetime | None, end: 
             time_zone: str) -> tuple[datetime, datetime]:
     if method == "nevi":
         if report_month is None or not _MONTH.match(report_month):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "method=nevi needs report_month=YYYY-MM")
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "method=nevi needs report_month=YYYY-MM")
         return nevi_window(report_month, time_zone)
     if start is None or end is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"method={method} needs from and to")
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"method={method} needs from and to")
     if start.tzinfo is None or end.tzinfo is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "from and to need a UTC offset")
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "from and to need a UTC offset")
     if not timedelta(0) < end - start <= MAX_WINDOW:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the window must be positive and at most 400 days")
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the window must be positive and at most 400 days")
     return start.astimezone(UTC), end.astimezone(UTC)
 
 

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -40,6 +41,21 @@ def create_app(*, registry: CollectorRegistry, api_token: str, health: HealthChe
                                 headers={"WWW-Authenticate": "Bearer"})
 
     operator = [Depends(require_token)]
+
+    # Input the database cannot store (NUL characters, values out of a column's range, a
+    # check constraint) is the caller's error: a 400 with a clear message, never a 500.
+    @app.exception_handler(asyncpg.DataError)
+    async def _data_error(request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        return JSONResponse({"detail": f"invalid value in the request: {exc.__class__.__name__}"}, status_code=400)
+
+    @app.exception_handler(asyncpg.IntegrityConstraintViolationError)
+    async def _integrity_error(request: Request, exc: asyncpg.IntegrityConstraintViolationError) -> JSONResponse:
+        return JSONResponse({"detail": "the request conflicts with stored data or its constraints"},
+                            status_code=400)
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def _unicode_error(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        return JSONResponse({"detail": "text with invalid characters (lone surrogates)"}, status_code=400)
 
     @app.get("/healthz", tags=["public"])
     async def healthz(response: Response) -> dict[str, Any]:

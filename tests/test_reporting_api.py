@@ -80,7 +80,7 @@ async def test_port_uptime_outages_and_append_only_exclusions(db_url: str, db: a
             assert nevi["uptime_pct"] is None
             assert nevi["denominator_minutes"] == 525600
             bad = await api.get(f"{base}/uptime", params={"method": "nevi"})
-            assert bad.status_code == 422
+            assert bad.status_code == 400
             assert (await api.get("/api/v1/reporting/ports/NOPE/1/uptime", params=day)).status_code == 404
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
         await db.execute("UPDATE outage_exclusions SET reason = 'vandalism'")

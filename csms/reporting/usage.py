@@ -22,6 +22,8 @@ OCCUPIED = frozenset({"Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "
 
 def _spans(rows: list[tuple[datetime, str]], wanted: frozenset[str], until: datetime) -> list[Interval]:
     out: list[Interval] = []
+    if not rows:
+        return out
     for (moment, state), nxt in zip(rows, [*rows[1:], None], strict=True):
         end = nxt[0] if nxt is not None else until
         if state in wanted and end > moment:
