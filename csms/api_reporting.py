@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field, HttpUrl, model_validator
 
 from csms.reporting import FORMULA_VERSION, evchart
 from csms.reporting.hours import opening_intervals
-from csms.reporting.queries import exclusions, port_info, port_timeline
-from csms.reporting.uptime import EXCLUSION_REASONS, UptimeResult, nevi_window, uptime
+from csms.reporting.queries import PortInfo, exclusions, port_info, port_timeline
+from csms.reporting.uptime import EXCLUSION_REASONS, Exclusion, Outage, UptimeResult, nevi_window, uptime
 from csms.reporting.usage import station_ports
 from csms.reporting.utilization import utilization
 
@@ -76,6 +76,22 @@ def _until_now(window: tuple[datetime, datetime]) -> tuple[datetime, datetime]:
     return (window[0], min(window[1], max(now, window[0] + timedelta(seconds=1))))
 
 
+async def _report(db: asyncpg.Pool, info: PortInfo, method: str, window: tuple[datetime, datetime], *,
+                  offline_grace_s: int = 0, offline_counts: bool = True) -> tuple[UptimeResult, list[Exclusion]]:
+    """One port's uptime over ``window`` (ending no later than now), and the exclusions it applied."""
+    window = _until_now(window)
+    applied = await exclusions(db, info.charge_point_id, info.evse_id, window)
+    result = uptime(method=method, timeline=await port_timeline(db, info.charge_point_id, info.evse_id, window),
+                    window=window, opening=opening_intervals(info.opening_hours, info.time_zone, window),
+                    exclusions=applied, operational_since=info.operational_since,
+                    offline_grace=timedelta(seconds=offline_grace_s), offline_counts=offline_counts)
+    return result, applied
+
+
+def _exclusion_of(outage: Outage, applied: list[Exclusion]) -> str | None:
+    return next((e.reason for e in applied if e.start < outage.end and e.end > outage.start), None)
+
+
 def _view(result: UptimeResult, cp: str, evse: int) -> dict[str, Any]:
     return {
         "charge_point_id": cp, "evse_id": evse, "method": result.method,
@@ -111,13 +127,8 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
         info = await port_info(db(), cp_id, evse_id)
         if info is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no port {cp_id}/{evse_id}")
-        window = _until_now(_window(method, report_month, start, end, info.time_zone))
-        timeline = await port_timeline(db(), cp_id, evse_id, window)
-        result = uptime(method=method, timeline=timeline, window=window,
-                        opening=opening_intervals(info.opening_hours, info.time_zone, window),
-                        exclusions=await exclusions(db(), cp_id, evse_id, window),
-                        operational_since=info.operational_since,
-                        offline_grace=timedelta(seconds=offline_grace_s), offline_counts=offline_counts_as_outage)
+        result, _ = await _report(db(), info, method, _window(method, report_month, start, end, info.time_zone),
+                                  offline_grace_s=offline_grace_s, offline_counts=offline_counts_as_outage)
         return _view(result, cp_id, evse_id)
 
     @router.get("/ports/{cp_id}/{evse_id}/outages")
@@ -128,15 +139,11 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
         info = await port_info(db(), cp_id, evse_id)
         if info is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no port {cp_id}/{evse_id}")
-        window = _until_now(_window("generic", None, start, end, info.time_zone))
-        timeline = await port_timeline(db(), cp_id, evse_id, window)
-        applied = await exclusions(db(), cp_id, evse_id, window)
-        result = uptime(method="generic", timeline=timeline, window=window,
-                        opening=opening_intervals(info.opening_hours, info.time_zone, window),
-                        exclusions=applied, offline_grace=timedelta(seconds=offline_grace_s))
+        result, applied = await _report(db(), info, "generic", _window("generic", None, start, end, info.time_zone),
+                                        offline_grace_s=offline_grace_s)
         items = []
         for outage in result.outages:
-            reason = next((e.reason for e in applied if e.start < outage.end and e.end > outage.start), None)
+            reason = _exclusion_of(outage, applied)
             items.append({"outage_id": _iso(outage.start), "end": _iso(outage.end),
                           "duration_min": round(outage.minutes, 2), "detection": outage.detection,
                           "cause": outage.cause, "excluded": reason is not None, "exclusion_reason": reason,
@@ -213,16 +220,11 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
             "SELECT e.charge_point_id, e.evse_id, e.uid, COALESCE(c.location_id, e.charge_point_id) AS station_id "
             "FROM evses e JOIN charge_points c ON c.id = e.charge_point_id ORDER BY e.charge_point_id, e.evse_id")
 
-    async def _port_uptime(port: asyncpg.Record, method: str, window: tuple[datetime, datetime],
-                           offline_grace_s: int) -> UptimeResult:
+    async def _port_report(port: asyncpg.Record, method: str, window: tuple[datetime, datetime],
+                           offline_grace_s: int) -> tuple[UptimeResult, list[Exclusion]]:
         info = await port_info(db(), port["charge_point_id"], port["evse_id"])
         assert info is not None
-        window = _until_now(window)
-        return uptime(method=method, timeline=await port_timeline(db(), port["charge_point_id"], port["evse_id"],
-                                                                  window),
-                      window=window, opening=opening_intervals(info.opening_hours, info.time_zone, window),
-                      exclusions=await exclusions(db(), port["charge_point_id"], port["evse_id"], window),
-                      operational_since=info.operational_since, offline_grace=timedelta(seconds=offline_grace_s))
+        return await _report(db(), info, method, window, offline_grace_s=offline_grace_s)
 
     @router.get("/exports/ev-chart/module-3.csv", response_class=Response)
     async def evchart_module_3(year: Year, quarter: Quarter, network_provider: Provider = "other",
@@ -232,7 +234,7 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
         for port in await _ports():
             for month in range(3 * (quarter - 1) + 1, 3 * quarter + 1):
                 window = nevi_window(f"{year}-{month:02d}", "UTC")
-                result = await _port_uptime(port, "nevi", window, offline_grace_s)
+                result, _ = await _port_report(port, "nevi", window, offline_grace_s)
                 rows.append((port["station_id"], port["uid"], network_provider, evchart.evchart_time(window[0]),
                              evchart.evchart_time(window[1]), evchart.decimal2(result.uptime_pct),
                              evchart.decimal2(result.t_outage_min), evchart.decimal2(result.t_excluded_min)))
@@ -245,15 +247,14 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
         window = evchart.quarter_bounds(year, quarter)
         rows: list[tuple[object, ...]] = []
         for port in await _ports():
-            result = await _port_uptime(port, "generic", window, offline_grace_s)
-            applied = await exclusions(db(), port["charge_point_id"], port["evse_id"], window)
+            result, applied = await _port_report(port, "generic", window, offline_grace_s)
             for outage in result.outages:
                 if not window[0] <= outage.start < window[1] or outage.minutes < 0.01:
                     continue
                 row: tuple[object, ...] = (port["station_id"], port["uid"], network_provider,
                                            evchart.evchart_time(outage.start), evchart.decimal2(outage.minutes))
                 if with_exclusions:
-                    reason = next((e.reason for e in applied if e.start < outage.end and e.end > outage.start), None)
+                    reason = _exclusion_of(outage, applied)
                     row = (*row, "true" if reason else "false", EXCLUSION_REASONS.get(reason or ""), "")
                 rows.append(row)
         columns = evchart.MODULE_4_EXCLUSIONS if with_exclusions else evchart.MODULE_4
