@@ -21,7 +21,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,8 +263,3 @@ class EmbeddedPostgres:
         self._run("pg_ctl", "stop", "-D", str(self.pgdata), "-m", "fast", "-w", "-t", str(int(timeout_s)),
                   check=False, timeout=timeout_s + 10)
         self.started_here = False
-
-    def wait_stopped(self, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.is_running() and time.monotonic() < deadline:
-            time.sleep(0.1)

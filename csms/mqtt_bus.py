@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiomqtt
 import msgspec
@@ -24,25 +23,20 @@ import msgspec
 from csms.metrics import BusMetrics
 from csms.outbox import Outbox
 from schemas.events import Event
-from schemas.topics import committed_topic, events_topic
+from schemas.topics import committed_topic, events_topic, parse_mqtt_url
 
 logger = logging.getLogger(__name__)
 
 _RANGES = msgspec.msgpack.Decoder(list[tuple[int, int]])
 
 
-def _parse(url: str) -> tuple[str, int, str | None, str | None]:
-    parts = urlsplit(url)
-    if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
-        raise ValueError(f"MQTT URL must look like mqtt://host:port, got {url!r}")
-    return parts.hostname, parts.port or 1883, parts.username, parts.password
-
-
 class MqttBus:
     def __init__(self, *, url: str, node_id: str, outbox_dir: Path, outbox_max_bytes: int, metrics: BusMetrics,
                  max_in_flight: int = 16, resend_after_s: float = 30.0, connect_timeout_s: float = 10.0,
                  publish_timeout_s: float = 10.0, fsync: bool = True) -> None:
-        self._host, self._port, self._user, self._password = _parse(url)
+        address = parse_mqtt_url(url)
+        self._host, self._port, self._user, self._password = (address.host, address.port, address.username,
+                                                               address.password)
         self._node_id = node_id
         self._topic = events_topic(node_id)
         self._outbox = Outbox(directory=outbox_dir, node_id=node_id, max_bytes=outbox_max_bytes, fsync=fsync)

@@ -41,7 +41,7 @@ from ingest.writer import TimescaleWriter
 from schemas import EVENT_SCHEMA_VERSION
 from schemas.events import EventBatch, MeterEvent, Sample, encode_batch
 from schemas.migrate import apply_migrations
-from schemas.topics import events_subscription, events_topic
+from schemas.topics import events_subscription, events_topic, parse_mqtt_url
 
 BATCH_ROWS = 5000
 MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Current.Import", "Voltage", "SoC",
@@ -126,7 +126,8 @@ async def _bus_to_rows(url: str, mqtt_url: str, samples: int) -> float:
     writer = InstrumentedWriter(writer=await TimescaleWriter.connect(database_url=url), metrics=metrics)
     worker = MqttIngestWorker(writer=writer, metrics=metrics, mqtt_url=mqtt_url, client_id="bench-ingest",
                               batch_max_rows=BATCH_ROWS, batch_max_delay_ms=200, max_in_flight_messages=1000)
-    host, port = mqtt_url.removeprefix("mqtt://").split(":")
+    broker = parse_mqtt_url(mqtt_url)
+    host, port = broker.host, broker.port
     # Create the worker's persistent session and shared subscription, leave it offline, publish
     # the whole stream into it, then time the worker draining it into the database.
     async with aiomqtt.Client(host, int(port), identifier="bench-ingest", clean_session=False) as session:

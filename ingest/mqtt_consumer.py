@@ -15,26 +15,10 @@ import asyncio
 import contextlib
 from collections import deque
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiomqtt
 
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-
-
-def parse_mqtt_url(url: str) -> BrokerAddress:
-    parts = urlsplit(url)
-    if parts.scheme not in {"mqtt", "tcp"}:
-        raise ValueError(f"MQTT URL must start with mqtt://, got {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"MQTT URL has no host: {url!r}")
-    return BrokerAddress(parts.hostname, parts.port or 1883, parts.username, parts.password)
+from schemas.topics import parse_mqtt_url
 
 
 @dataclass(frozen=True, slots=True)

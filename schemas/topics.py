@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
 TOPIC_ROOT = "csms/v1"
 SHARED_GROUP = "ingest"
 
@@ -23,3 +26,21 @@ def committed_topic(node_id: str) -> str:
 
 def valid_node_id(node_id: str) -> bool:
     return bool(node_id) and not any(c in node_id for c in "/+#\0") and len(node_id) <= 64
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_mqtt_url(url: str) -> BrokerAddress:
+    """``mqtt://[user:password@]host[:port]`` (both sides of the bus read the same setting)."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"mqtt", "tcp"}:
+        raise ValueError(f"MQTT URL must start with mqtt://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"MQTT URL has no host: {url!r}")
+    return BrokerAddress(parts.hostname, parts.port or 1883, parts.username, parts.password)

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 import aiomqtt
 import pytest
 
-from ingest.mqtt_consumer import AckingConsumer, parse_mqtt_url
+from ingest.mqtt_consumer import AckingConsumer
 from schemas import EVENT_SCHEMA_VERSION
 from schemas.events import EventBatch, TransactionEvent, encode_batch
-from schemas.topics import events_topic
+from schemas.topics import events_topic, parse_mqtt_url
 from tests.harness import MosquittoService, PostgresService, make_shared_tmpdir
 from tests.pipeline import csms_ingest, prepare
 
