@@ -232,10 +232,10 @@ class ChargerConnection:
             self._metrics.bus_publish_seconds.observe(time.perf_counter() - publish_started)
         if outcome.error_code:
             self._metrics.callerrors_sent.labels(outcome.error_code).inc()
-        self._metrics.messages.labels(call.action[:40] if outcome.error_code != "NotImplemented" else "unknown",
-                                      "in", outcome_label).inc()
+        # Unknown actions share one label: a charger must not be able to mint label values.
+        action_label = "unknown" if outcome.error_code == "NotImplemented" else call.action
+        self._metrics.messages.labels(action_label, "in", outcome_label).inc()
         if isinstance(msg, Send):
             return  # 2.1 SEND gets no answer at all (2.1 §4.2.4)
         await self.socket.send(frame)
-        self._metrics.handling_seconds.labels(call.action[:40] if outcome.error_code != "NotImplemented"
-                                              else "unknown").observe(time.perf_counter() - started)
+        self._metrics.handling_seconds.labels(action_label).observe(time.perf_counter() - started)
