@@ -96,6 +96,8 @@ class Settings:
     ingest_batch_max_delay_ms: int = _opt(200, "a batch is written at the latest this long after its first row",
                                           roles="run,ingest")
     retention_days: int = _opt(0, "drop time-series chunks older than this (0 = keep)", roles="run,ingest")
+    rollup_interval_s: float = _opt(60.0, "how often the per-port 15-minute state minutes used by utilization "
+                                          "reports are brought up to date", roles="run,ingest")
 
     # MQTT bus and the node's outbox (the durability point when the bus is MQTT).
     outbox_max_bytes: int = _opt(1 << 30, "unconfirmed outbox bytes at most; beyond it data messages are refused "
