@@ -7,7 +7,7 @@ figure can be traced to the rules that produced it (reporting.md §7).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -15,12 +15,12 @@ import asyncpg
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, Field, HttpUrl, model_validator
 
+from csms.api_utilization import build_utilization_router
 from csms.reporting import FORMULA_VERSION, evchart
+from csms.reporting.fleet import aggregate, fleet_ports, fleet_uptime
 from csms.reporting.hours import opening_intervals
 from csms.reporting.queries import PortInfo, exclusions, port_info, port_timeline
 from csms.reporting.uptime import EXCLUSION_REASONS, Exclusion, Outage, UptimeResult, nevi_window, uptime
-from csms.reporting.usage import station_ports
-from csms.reporting.utilization import utilization
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 MAX_WINDOW = timedelta(days=400)
@@ -175,21 +175,6 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
         return [{**dict(r), "starts_at": _iso(r["starts_at"]), "ends_at": _iso(r["ends_at"]),
                  "created_at": _iso(r["created_at"])} for r in rows]
 
-    @router.get("/stations/{location_id}/utilization")
-    async def station_utilization(location_id: Annotated[str, Path(min_length=1, max_length=36)],
-                                  start: Annotated[datetime, Query(alias="from")],
-                                  end: Annotated[datetime, Query(alias="to")]) -> dict[str, Any]:
-        """Occupied/charging/idle time, energy, capacity factor and session rates of a station's ports."""
-        window = _until_now(_window("generic", None, start, end, "UTC"))
-        built = await station_ports(db(), location_id, window)
-        if built is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no location {location_id}")
-        ports, time_zone = built
-        result = utilization(ports, window)
-        return {"location_id": location_id, "time_zone": time_zone, "period_start": _iso(window[0]),
-                "period_end": _iso(window[1]), **asdict(result), "formula_version": FORMULA_VERSION,
-                "generated_at": _iso(datetime.now(UTC))}
-
     @router.get("/exports/ev-chart/module-2.csv", response_class=Response)
     async def evchart_module_2(year: Year, quarter: Quarter, network_provider: Provider = "other") -> Response:
         """EV-ChART module 2: one row per session that started in the quarter."""
@@ -215,27 +200,21 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
              evchart.PAYMENT_METHODS.get(r["token_type"] or "", "other"), "") for r in rows))
         return _csv(body, f"module2_{year}_Q{quarter}.csv")
 
-    async def _ports() -> list[asyncpg.Record]:
-        return await db().fetch(
-            "SELECT e.charge_point_id, e.evse_id, e.uid, COALESCE(c.location_id, e.charge_point_id) AS station_id "
-            "FROM evses e JOIN charge_points c ON c.id = e.charge_point_id ORDER BY e.charge_point_id, e.evse_id")
-
-    async def _port_report(port: asyncpg.Record, method: str, window: tuple[datetime, datetime],
-                           offline_grace_s: int) -> tuple[UptimeResult, list[Exclusion]]:
-        info = await port_info(db(), port["charge_point_id"], port["evse_id"])
-        assert info is not None
-        return await _report(db(), info, method, window, offline_grace_s=offline_grace_s)
-
     @router.get("/exports/ev-chart/module-3.csv", response_class=Response)
     async def evchart_module_3(year: Year, quarter: Quarter, network_provider: Provider = "other",
                                offline_grace_s: Grace = 0) -> Response:
         """EV-ChART module 3: per port, three rows — the trailing-12-month NEVI uptime at each month of the quarter."""
+        ports = await fleet_ports(db())
+        by_month = {}
+        for month in range(3 * (quarter - 1) + 1, 3 * quarter + 1):
+            window = nevi_window(f"{year}-{month:02d}", "UTC")
+            by_month[month] = (window, await fleet_uptime(db(), ports, "nevi", _fixed(_until_now(window)),
+                                                           offline_grace_s=offline_grace_s))
         rows = []
-        for port in await _ports():
-            for month in range(3 * (quarter - 1) + 1, 3 * quarter + 1):
-                window = nevi_window(f"{year}-{month:02d}", "UTC")
-                result, _ = await _port_report(port, "nevi", window, offline_grace_s)
-                rows.append((port["station_id"], port["uid"], network_provider, evchart.evchart_time(window[0]),
+        for i, port in enumerate(ports):
+            for window, results in by_month.values():
+                result = results[i][1]
+                rows.append((port.station_id, port.uid, network_provider, evchart.evchart_time(window[0]),
                              evchart.evchart_time(window[1]), evchart.decimal2(result.uptime_pct),
                              evchart.decimal2(result.t_outage_min), evchart.decimal2(result.t_excluded_min)))
         return _csv(evchart.to_csv(evchart.MODULE_3, rows), f"module3_{year}_Q{quarter}.csv")
@@ -246,12 +225,13 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
         """EV-ChART module 4: one row per outage that started in the quarter."""
         window = evchart.quarter_bounds(year, quarter)
         rows: list[tuple[object, ...]] = []
-        for port in await _ports():
-            result, applied = await _port_report(port, "generic", window, offline_grace_s)
+        for port, result, applied in await fleet_uptime(db(), await fleet_ports(db()), "generic",
+                                                        _fixed(_until_now(window)),
+                                                        offline_grace_s=offline_grace_s):
             for outage in result.outages:
                 if not window[0] <= outage.start < window[1] or outage.minutes < 0.01:
                     continue
-                row: tuple[object, ...] = (port["station_id"], port["uid"], network_provider,
+                row: tuple[object, ...] = (port.station_id, port.uid, network_provider,
                                            evchart.evchart_time(outage.start), evchart.decimal2(outage.minutes))
                 if with_exclusions:
                     reason = _exclusion_of(outage, applied)
@@ -260,7 +240,48 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
         columns = evchart.MODULE_4_EXCLUSIONS if with_exclusions else evchart.MODULE_4
         return _csv(evchart.to_csv(columns, rows), f"module4_{year}_Q{quarter}.csv")
 
+    @router.get("/uptime")
+    async def fleet_uptime_report(
+        method: Literal["nevi", "generic", "uk"] = "nevi",
+        report_month: Annotated[str | None, Query(max_length=7)] = None,
+        start: Annotated[datetime | None, Query(alias="from")] = None,
+        end: Annotated[datetime | None, Query(alias="to")] = None,
+        group_by: Literal["port", "station", "network"] = "station",
+        location_id: Annotated[str | None, Query(min_length=1, max_length=36)] = None,
+        offline_grace_s: Grace = 0, offline_counts_as_outage: bool = True,
+    ) -> dict[str, Any]:
+        """Uptime of many ports, per port, per station or over the network: recomputed from the
+        ports' minutes (Σ denominator − Σ (T_outage − T_excluded)) / Σ denominator, over the ports
+        that count (NEVI: eligible ones). NEVI windows are in each station's time zone."""
+        if method == "nevi":
+            _window(method, report_month, None, None, "UTC")  # validates report_month
+        else:
+            _window(method, None, start, end, "UTC")
+        ports = await fleet_ports(db(), location_id=location_id)
+        if location_id is not None and not ports:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no ports at location {location_id}")
+        results = await fleet_uptime(
+            db(), ports, method, lambda info: _until_now(_window(method, report_month, start, end, info.time_zone)),
+            offline_grace_s=offline_grace_s, offline_counts=offline_counts_as_outage)
+        groups: dict[str, list[UptimeResult]] = {}
+        for port, result, _ in results:
+            if group_by == "port":
+                groups[f"{port.info.charge_point_id}/{port.info.evse_id}"] = [result]
+            else:
+                groups.setdefault(port.station_id if group_by == "station" else "network", []).append(result)
+        return {"method": method, "group_by": group_by, "report_month": report_month,
+                "groups": [{"group": name, **aggregate(members)} for name, members in groups.items()],
+                "formula_version": FORMULA_VERSION, "generated_at": _iso(datetime.now(UTC))}
+
+    router.include_router(build_utilization_router(
+        db=db, window_of=lambda start, end: _until_now(_window("generic", None, start, end, "UTC"))))
+
     return router
+
+
+def _fixed(window: tuple[datetime, datetime]) -> Callable[[PortInfo], tuple[datetime, datetime]]:
+    """The same window for every port (EV-ChART quarters and months are UTC)."""
+    return lambda _: window
 
 
 def _csv(body: bytes, filename: str) -> Response:

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from ingest.maintenance import maintenance_loop
 from ingest.metrics import IngestMetrics
+from ingest.rollup import rollup_loop
 from ingest.worker import InstrumentedWriter, MqttIngestWorker
 from ingest.writer import TimescaleWriter
 from schemas.events import Event
@@ -24,7 +25,7 @@ MAINTENANCE_INTERVAL_S = 3600.0
 class EmbeddedSink:
     """In-process sink for ``csms run``: commits events, runs maintenance in the background."""
 
-    def __init__(self, *, writer: InstrumentedWriter, retention_days: int) -> None:
+    def __init__(self, *, writer: InstrumentedWriter, retention_days: int, rollup_interval_s: float) -> None:
         self._writer = writer
         self._stop = asyncio.Event()
         self._maintenance = asyncio.create_task(
@@ -32,14 +33,17 @@ class EmbeddedSink:
                              interval_s=MAINTENANCE_INTERVAL_S, stop=self._stop),
             name="ingest-maintenance",
         )
+        self._rollup = asyncio.create_task(
+            rollup_loop(writer.writer.pool, interval_s=rollup_interval_s, stop=self._stop), name="ingest-rollup")
 
     async def write(self, events: Sequence[Event]) -> None:
         await self._writer.write(events)
 
     async def close(self) -> None:
         self._stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._maintenance
+        for task in (self._rollup, self._maintenance):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self._writer.close()
 
 
@@ -50,7 +54,7 @@ class _IngestRole:
         writer = await TimescaleWriter.connect(database_url=database_url, max_size=4,
                                                connect_timeout_s=settings.db_connect_timeout_s)
         return EmbeddedSink(writer=InstrumentedWriter(writer=writer, metrics=metrics),
-                            retention_days=settings.retention_days)
+                            retention_days=settings.retention_days, rollup_interval_s=settings.rollup_interval_s)
 
     async def run_worker(self, *, settings: Settings, database_url: str, stop: asyncio.Event,
                          registry: CollectorRegistry) -> None:
@@ -71,6 +75,8 @@ class _IngestRole:
                 tg.create_task(maintenance_loop(writer.pool, retention_days=settings.retention_days,
                                                 interval_s=MAINTENANCE_INTERVAL_S, stop=stop),
                                name="ingest-maintenance")
+                tg.create_task(rollup_loop(writer.pool, interval_s=settings.rollup_interval_s, stop=stop),
+                               name="ingest-rollup")
         finally:
             await instrumented.close()
 

@@ -100,6 +100,13 @@ UPDATE charge_points SET
 WHERE id = $1
 """
 
+# The roll-up (ingest/rollup.py) recomputes a port's state minutes from ``since`` on.
+_DIRTY_UPSERT = """
+INSERT INTO port_state_dirty AS d (charge_point_id, evse_id, since)
+SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[])
+ON CONFLICT (charge_point_id, evse_id) DO UPDATE SET since = LEAST(d.since, EXCLUDED.since), version = d.version + 1
+"""
+
 _SEEN_UPDATE = """
 UPDATE charge_points AS c SET last_seen_at = GREATEST(c.last_seen_at, v.seen)
 FROM unnest($1::text[], $2::timestamptz[]) AS v(id, seen) WHERE c.id = v.id
@@ -164,6 +171,7 @@ class TimescaleWriter:
         boots: list[ConnectionEvent] = []
         txs: list[TransactionEvent] = []
         seen: dict[str, datetime] = {}
+        dirty: dict[tuple[str, int], datetime] = {}
         for ev in events:
             prev = seen.get(ev.charge_point_id)
             if prev is None or ev.received_at > prev:
@@ -176,6 +184,7 @@ class TimescaleWriter:
             elif isinstance(ev, StatusEvent):
                 status.append((ev.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.status,
                                ev.error_code, ev.vendor_id, ev.vendor_error_code, ev.info, ev.received_at))
+                _mark(dirty, ev.charge_point_id, ev.evse_id, ev.time)
             elif isinstance(ev, ConnectionEvent):
                 conns.append((ev.time, ev.charge_point_id, ev.event, ev.reason, ev.node_id, ev.ocpp_version,
                               ev.detail))
@@ -185,6 +194,8 @@ class TimescaleWriter:
                 logs.append((ev.time, ev.charge_point_id, ev.action, ev.payload, ev.digest, ev.received_at))
             else:
                 txs.append(ev)
+                if ev.seq_no is not None:  # 2.0.1: chargingState spans; the EVSE is often not repeated
+                    _mark(dirty, ev.charge_point_id, 0, ev.time)
         result = WriteResult()
         async with self._pool.acquire() as conn, conn.transaction():
             for table, rows in (("meter_samples", meter), ("connector_status", status),
@@ -200,12 +211,23 @@ class TimescaleWriter:
                 await conn.execute(_BOOT_UPDATE, boot.charge_point_id, d.get("vendor"), d.get("model"),
                                    d.get("serial_number"), d.get("firmware_version"), boot.ocpp_version,
                                    boot.time)
+            if dirty:
+                keys = sorted(dirty)  # key order: concurrent batches lock marks in the same order
+                await conn.execute(_DIRTY_UPSERT, [k[0] for k in keys], [k[1] for k in keys],
+                                   [dirty[k] for k in keys])
         if seen:
             # Outside the batch's transaction, in id order: bookkeeping that must not make
             # two writers wait on each other's charge_points rows.
             ids = sorted(seen)
             await self._pool.execute(_SEEN_UPDATE, ids, [seen[i] for i in ids])
         return result
+
+
+def _mark(dirty: dict[tuple[str, int], datetime], charge_point_id: str, evse_id: int, moment: datetime) -> None:
+    key = (charge_point_id, evse_id)
+    prev = dirty.get(key)
+    if prev is None or moment < prev:
+        dirty[key] = moment
 
 
 async def _copy_dedup(conn: asyncpg.Connection | PoolConnectionProxy, table: str, rows: list[tuple[Any, ...]]) -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from csms.reporting import round2
 from csms.reporting.hours import local_day_bounds, opening_intervals
-from csms.reporting.intervals import intersect, merge, minutes, subtract
+from schemas.intervals import intersect, merge, minutes, subtract
 from csms.reporting.uptime import Exclusion, PortTimeline, StatusChange, nevi_window, outages, uptime
 from csms.reporting.utilization import Port, Session, utilization
 

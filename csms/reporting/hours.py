@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from csms.reporting.intervals import Interval, clip, merge, subtract
+from schemas.intervals import Interval, clip, merge, subtract
 
 
 def _hhmm(value: str) -> time:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from csms.reporting import round2
-from csms.reporting.intervals import Interval, intersect, merge, minutes, subtract
+from schemas.intervals import Interval, intersect, merge, minutes, subtract
 
 NEVI_MINUTES = 525_600
 DOWN_STATUSES = frozenset({"Faulted", "Unavailable"})

@@ -1,100 +1,235 @@
-"""Builds utilization inputs from TimescaleDB: per port, occupancy and charging intervals from
-the status history, energy from the sessions.
+"""Utilization figures per report bucket, from the 15-minute roll-up plus what it lacks yet.
 
-Occupied: OCPP 1.6 Preparing, Charging, SuspendedEV, SuspendedEVSE, Finishing; OCPP 2.0.1
-Occupied. Charging: 1.6 status Charging; 2.0.1 the spans where TransactionEvents report
-chargingState Charging (2.0.1 has no Charging connector status). Energy: sessions that started
-in the window (meterStop − meterStart).
+The roll-up (``port_state_15m``, ``port_occupancy_spans``; kept by ingest/rollup.py) is
+complete before its watermark, except for ports marked dirty since some time. For each port
+the figures come from the roll-up up to that port's cut-off, and from the raw rows after it
+(and for the part of a window that starts or ends inside a quarter hour), computed by the
+same functions the roll-up uses (``schemas.port_state``): a report never waits for the
+roll-up and never differs from it.
+
+Report buckets are given as UTC boundaries (local midnights, local hours … computed by the
+caller in the station's zone); every boundary is on a quarter hour, so each roll-up bucket
+falls in exactly one report bucket. Access hours are applied per quarter hour: a quarter
+hour counts as open when it starts inside the station's hours (exact for hours on quarter
+hours, which is what OCPI hours are in practice).
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from csms.reporting.hours import opening_intervals
-from csms.reporting.intervals import Interval, intersect, merge
-from csms.reporting.utilization import Port, Session
+from csms.reporting.evchart import FAILED_STOP_REASONS
+from schemas.intervals import Interval
+from schemas.port_state import BUCKET, PortHistory, ceil_bucket, floor_bucket, load_histories, port_minutes
 
-OCCUPIED = frozenset({"Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing", "Occupied"})
-
-
-def _spans(rows: list[tuple[datetime, str]], wanted: frozenset[str], until: datetime) -> list[Interval]:
-    out: list[Interval] = []
-    if not rows:
-        return out
-    for (moment, state), nxt in zip(rows, [*rows[1:], None], strict=True):
-        end = nxt[0] if nxt is not None else until
-        if state in wanted and end > moment:
-            out.append((moment, end))
-    return merge(out)
+MIN_SUCCESS_WH = 500  # min_success_kwh = 0.5 (reporting.md §5.4)
 
 
-async def station_ports(db: asyncpg.Pool, location_id: str, window: Interval) -> tuple[list[Port], str] | None:
-    loc = await db.fetchrow("SELECT time_zone, opening_hours::text AS hours FROM locations WHERE id = $1",
-                            location_id)
-    if loc is None:
-        return None
-    import json
-
-    hours = json.loads(loc["hours"]) if loc["hours"] else None
-    opening = tuple(opening_intervals(hours, loc["time_zone"], window))
-    ports: list[Port] = []
-    evses = await db.fetch(
-        """SELECT e.charge_point_id, e.evse_id, max(c.rated_power_w) AS rated_w
-           FROM evses e JOIN charge_points cp ON cp.id = e.charge_point_id
-           JOIN connectors c ON c.charge_point_id = e.charge_point_id AND c.evse_id = e.evse_id
-           WHERE cp.location_id = $1 GROUP BY e.charge_point_id, e.evse_id ORDER BY 1, 2""", location_id)
-    for evse in evses:
-        cp, n = evse["charge_point_id"], evse["evse_id"]
-        status_rows = await db.fetch(
-            """(SELECT time, status, received_at FROM connector_status
-                WHERE charge_point_id = $1 AND evse_id = $2 AND time < $3
-                ORDER BY time DESC, received_at DESC LIMIT 1)
-               UNION ALL
-               (SELECT time, status, received_at FROM connector_status WHERE charge_point_id = $1 AND evse_id = $2
-                AND time >= $3 AND time < $4) ORDER BY time, received_at""", cp, n, window[0], window[1])
-        statuses = [(r["time"], r["status"]) for r in status_rows]
-        occupied = intersect(_spans(statuses, OCCUPIED, window[1]), [window])
-        charging = intersect(_spans(statuses, frozenset({"Charging"}), window[1]), [window])
-        tx_rows = await db.fetch(
-            """SELECT e.time, COALESCE(e.charging_state, '') AS state, t.transaction_uid
-               FROM transaction_events e JOIN transactions t
-                 ON t.charge_point_id = e.charge_point_id AND t.transaction_uid = e.transaction_uid
-               WHERE e.charge_point_id = $1 AND t.evse_id = $2 AND e.time < $4
-                 AND COALESCE(t.stopped_at, $4) > $3 ORDER BY e.time""", cp, n, window[0], window[1])
-        by_tx: dict[str, list[tuple[datetime, str]]] = {}
-        for r in tx_rows:
-            by_tx.setdefault(r["transaction_uid"], []).append((r["time"], r["state"] or "_same"))
-        for events in by_tx.values():
-            carried: list[tuple[datetime, str]] = []
-            state = ""
-            for moment, st in events:
-                state = state if st == "_same" else st
-                carried.append((moment, state))
-            charging = merge([*charging, *intersect(_spans(carried, frozenset({"Charging"}), carried[-1][0]),
-                                                     [window])])
-        energy = await db.fetchval(
-            "SELECT COALESCE(sum(energy_wh), 0)::float8 / 1000 FROM transactions "
-            "WHERE charge_point_id = $1 AND evse_id = $2 AND started_at >= $3 AND started_at < $4",
-            cp, n, window[0], window[1])
-        starts = await db.fetch(
-            "SELECT started_at, stopped_at FROM transactions WHERE charge_point_id = $1 AND evse_id = $2 "
-            "AND started_at >= $3 AND started_at < $4", cp, n, window[0], window[1])
-        sessions = _sessions(occupied, charging, [(r["started_at"], r["stopped_at"]) for r in starts], energy)
-        ports.append(Port(rated_kw=float(evse["rated_w"]) / 1000, opening=opening, sessions=tuple(sessions)))
-    return ports, loc["time_zone"]
+@dataclass(frozen=True, slots=True)
+class PortRef:
+    charge_point_id: str
+    evse_id: int
+    rated_kw: float
+    closed: tuple[Interval, ...] = ()     # the station's closed hours inside the window
 
 
-def _sessions(occupied: list[Interval], charging: list[Interval], starts: list[tuple[datetime, datetime | None]],
-              energy_kwh: float) -> list[Session]:
-    """One Session per occupied span; energy is spread over spans by their charging minutes."""
-    total_charging = sum((e - s).total_seconds() for s, e in charging) or 1.0
-    out = []
-    for span in occupied:
-        chg = tuple(intersect(charging, [span]))
-        share = sum((e - s).total_seconds() for s, e in chg) / total_charging
-        out.append(Session(plugged=span, charging=chg, energy_kwh=energy_kwh * share))
-    del starts
+@dataclass(slots=True)
+class BucketUsage:
+    start: datetime
+    end: datetime
+    ports: int = 0
+    avail_s: float = 0.0
+    occupied_s: float = 0.0
+    charging_s: float = 0.0
+    capacity_kwh: float = 0.0
+    energy_kwh: float = 0.0
+    sessions: int = 0
+    successes: int = 0
+    median_idle_s: float | None = None
+    p90_idle_s: float | None = None
+    peak_concurrency: int | None = None
+
+
+def _is_closed(closed: Sequence[Interval], moment: datetime) -> bool:
+    i = bisect.bisect_right([c[0] for c in closed], moment) - 1
+    return i >= 0 and closed[i][0] <= moment < closed[i][1]
+
+
+def _open_seconds(closed: Sequence[Interval], span: Interval) -> float:
+    """Seconds of ``span`` in quarter hours that start in access hours."""
+    total = 0.0
+    cursor = span[0]
+    while cursor < span[1]:
+        stop = min(span[1], floor_bucket(cursor) + BUCKET)
+        if not _is_closed(closed, floor_bucket(cursor)):
+            total += (stop - cursor).total_seconds()
+        cursor = stop
+    return total
+
+
+async def _cutoffs(db: asyncpg.Pool, ports: Sequence[PortRef], lo: datetime) -> dict[tuple[str, int], datetime]:
+    """Per port, the time before which the roll-up is complete."""
+    watermark = await db.fetchval("SELECT rolled_until FROM port_state_watermark")
+    if watermark is None:
+        return {(p.charge_point_id, p.evse_id): lo for p in ports}
+    dirty = await db.fetch("SELECT charge_point_id, evse_id, since FROM port_state_dirty WHERE charge_point_id = "
+                           "ANY($1::text[])", sorted({p.charge_point_id for p in ports}))
+    out = {}
+    for p in ports:
+        cut = watermark
+        for r in dirty:
+            if r["charge_point_id"] == p.charge_point_id and r["evse_id"] in (0, p.evse_id):
+                cut = min(cut, floor_bucket(r["since"]))
+        out[(p.charge_point_id, p.evse_id)] = cut
     return out
+
+
+# Ports carry the number of their hours group; each group's closed hours are one multirange.
+_ROLLED_SQL = """
+WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $8::int[]) AS v(cp, evse, cut, g)),
+closed AS (SELECT g, range_agg(tstzrange(s, e)) AS mr
+           FROM unnest($6::timestamptz[], $7::timestamptz[], $9::int[]) AS c(s, e, g) GROUP BY g)
+SELECT width_bucket(r.bucket, $5::timestamptz[]) AS i,
+       sum(r.occupied_s)::float8 AS occ, sum(r.charging_s)::float8 AS chg
+FROM port_state_15m r JOIN v ON r.charge_point_id = v.cp AND r.evse_id = v.evse
+LEFT JOIN closed ON closed.g = v.g
+WHERE r.bucket >= $4 AND r.bucket < v.cut AND NOT COALESCE(closed.mr @> r.bucket, false)
+GROUP BY 1
+"""
+
+# Post-charge idle percentiles over the roll-up's spans plus the spans computed from raw rows.
+_SPANS_SQL = """
+WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS v(cp, evse, cut)),
+x AS (
+    SELECT r.ended_at, r.post_charge_idle_s::float8 AS idle
+    FROM port_occupancy_spans r JOIN v ON r.charge_point_id = v.cp AND r.evse_id = v.evse
+    WHERE r.ended_at >= $4 AND r.ended_at < v.cut AND r.post_charge_idle_s IS NOT NULL
+    UNION ALL
+    SELECT * FROM unnest($6::timestamptz[], $7::float8[]))
+SELECT width_bucket(x.ended_at, $5::timestamptz[]) AS i,
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY x.idle) AS p50,
+       percentile_disc(0.9) WITHIN GROUP (ORDER BY x.idle) AS p90
+FROM x WHERE x.ended_at < $8
+GROUP BY GROUPING SETS ((1), ())
+"""
+
+_SESSIONS_SQL = """
+WITH v AS (SELECT * FROM unnest($1::text[], $2::int[]) AS v(cp, evse))
+SELECT width_bucket(t.started_at, $3::timestamptz[]) AS i, count(*) AS n,
+       count(*) FILTER (WHERE COALESCE(t.energy_wh, 0) >= $6 AND NOT (COALESCE(t.stop_reason, '') = ANY($7::text[])))
+           AS ok,
+       COALESCE(sum(t.energy_wh), 0)::float8 / 1000 AS kwh
+FROM transactions t JOIN v ON t.charge_point_id = v.cp AND t.evse_id = v.evse
+WHERE t.started_at >= $4 AND t.started_at < $5
+GROUP BY GROUPING SETS ((1), ())
+"""
+
+
+async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[datetime], *,
+                with_peak: bool = False) -> tuple[list[BucketUsage], BucketUsage]:
+    """Figures per report bucket [bounds[i], bounds[i+1]) over ``ports``, and over the whole window."""
+    lo, hi = bounds[0], bounds[-1]
+    out = [BucketUsage(s, e, ports=len(ports)) for s, e in itertools.pairwise(bounds)]
+    if not ports:
+        return out, BucketUsage(lo, hi)
+    groups: dict[tuple[Interval, ...], list[PortRef]] = {}
+    for port in ports:
+        groups.setdefault(port.closed, []).append(port)
+    group_of = {c: n for n, c in enumerate(groups)}
+    for closed_hours, members in groups.items():
+        rated = sum(p.rated_kw for p in members)
+        for b in out:
+            open_s = _open_seconds(closed_hours, (b.start, b.end))
+            b.avail_s += open_s * len(members)
+            b.capacity_kwh += rated * open_s / 3600.0
+    closed_of = {(p.charge_point_id, p.evse_id): p.closed for p in ports}
+    cut = await _cutoffs(db, ports, lo)
+    first, last = ceil_bucket(lo), floor_bucket(hi)
+    keys = [(p.charge_point_id, p.evse_id) for p in ports]
+    # Roll-up part of each port: [first, min(cut, last)).
+    rolled_to = {k: max(first, min(cut[k], last)) for k in keys}
+    cps, evses, cuts = [k[0] for k in keys], [k[1] for k in keys], [rolled_to[k] for k in keys]
+    lower = list(bounds[:-1])
+    closed_rows = [(c, group_of[hours]) for hours in groups for c in hours]
+    for r in await db.fetch(_ROLLED_SQL, cps, evses, cuts, first, lower, [c[0][0] for c in closed_rows],
+                            [c[0][1] for c in closed_rows], [group_of[closed_of[k]] for k in keys],
+                            [c[1] for c in closed_rows]):
+        if 1 <= r["i"] <= len(out):
+            out[r["i"] - 1].occupied_s += r["occ"]
+            out[r["i"] - 1].charging_s += r["chg"]
+    # Raw part: the head [lo, first) and the tail [rolled_to, hi).
+    raw_ended: list[datetime] = []
+    raw_idle: list[float] = []
+    span_cut = {k: min(cut[k], rolled_to[k]) for k in keys}   # roll-up spans before, raw ones after
+    segments = [(k, (lo, min(first, hi))) for k in keys if lo < first] + \
+               [(k, (rolled_to[k], hi)) for k in keys if rolled_to[k] < hi]
+    for part in (segments[i:i + 200] for i in range(0, len(segments), 200)):
+        for (key, window), history in zip(part, await _histories(db, part), strict=True):
+            minutes = port_minutes(history, window)
+            for start, (occ, chg) in minutes.buckets.items():
+                i = bisect.bisect_right(lower, start) - 1
+                if 0 <= i < len(out) and not _is_closed(closed_of[key], start):
+                    out[i].occupied_s += occ
+                    out[i].charging_s += chg
+            for span in minutes.spans:
+                if span.post_charge_idle_s is not None and span.ended_at >= span_cut[key]:
+                    raw_ended.append(span.ended_at)
+                    raw_idle.append(span.post_charge_idle_s)
+    total = BucketUsage(lo, hi, ports=len(ports))
+    for r in await db.fetch(_SPANS_SQL, cps, evses, [span_cut[k] for k in keys], lo, lower, raw_ended, raw_idle, hi):
+        target = total if r["i"] is None else out[r["i"] - 1] if 1 <= r["i"] <= len(out) else None
+        if target is not None:
+            target.median_idle_s, target.p90_idle_s = r["p50"], r["p90"]
+    for r in await db.fetch(_SESSIONS_SQL, cps, evses, lower, lo, hi, MIN_SUCCESS_WH, sorted(FAILED_STOP_REASONS)):
+        target = total if r["i"] is None else out[r["i"] - 1] if 1 <= r["i"] <= len(out) else None
+        if target is not None:
+            target.sessions, target.successes, target.energy_kwh = r["n"], r["ok"], r["kwh"]
+    if with_peak:
+        await _peaks(db, cps, evses, out)
+        total.peak_concurrency = max((b.peak_concurrency or 0) for b in out)
+    for b in out:
+        total.avail_s += b.avail_s
+        total.capacity_kwh += b.capacity_kwh
+        total.occupied_s += b.occupied_s
+        total.charging_s += b.charging_s
+    return out, total
+
+
+async def _histories(db: asyncpg.Pool, segments: list[tuple[tuple[str, int], Interval]]) -> list[PortHistory]:
+    by_until: dict[datetime, list[tuple[str, int, datetime]]] = {}
+    for (cp, evse), (start, end) in segments:
+        by_until.setdefault(end, []).append((cp, evse, start))
+    loaded = {}
+    for until, group in by_until.items():
+        for key, history in (await load_histories(db, group, until)).items():
+            loaded[(key, until)] = history
+    return [loaded[(key, window[1])] for key, window in segments]
+
+
+async def _peaks(db: asyncpg.Pool, cps: list[str], evses: list[int], out: list[BucketUsage]) -> None:
+    """Most ports in a session at once, per bucket (sessions: start → stop, open ones to the end)."""
+    lo, hi = out[0].start, out[-1].end
+    rows = await db.fetch(
+        """SELECT t.started_at, COALESCE(t.stopped_at, $4) AS stopped_at FROM transactions t
+           JOIN unnest($1::text[], $2::int[]) AS v(cp, evse) ON t.charge_point_id = v.cp AND t.evse_id = v.evse
+           WHERE t.started_at < $4 AND COALESCE(t.stopped_at, $4) > $3
+             AND t.started_at > $3 - interval '7 days'""", cps, evses, lo, hi)
+    # At equal times an end (−1) sorts before a start (+1): back-to-back sessions are not concurrent.
+    events = sorted([(max(r["started_at"], lo), 1) for r in rows] + [(r["stopped_at"], -1) for r in rows])
+    running = j = 0
+    for b in out:
+        while j < len(events) and events[j][0] < b.start:
+            running += events[j][1]
+            j += 1
+        peak = running
+        while j < len(events) and events[j][0] < b.end:
+            running += events[j][1]
+            j += 1
+            peak = max(peak, running)
+        b.peak_concurrency = peak

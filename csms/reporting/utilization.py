@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from csms.reporting import round2
-from csms.reporting.intervals import Interval, intersect, minutes
+from schemas.intervals import Interval, intersect, minutes
 
 
 @dataclass(frozen=True, slots=True)

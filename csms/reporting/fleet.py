@@ -1,0 +1,124 @@
+"""Uptime of many ports at once, and its aggregation over stations and the network.
+
+Ports are read in batches (a few queries for any number of ports). Aggregates are
+recomputed from minutes, never averaged from percentages (reporting.md §5.4):
+μ = (Σ D − Σ (T_outage − T_excluded)) / Σ D × 100 over the ports that count — for NEVI the
+eligible ones (operational ≥ 12 months), for the UK method D is the access-hours minutes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from csms.reporting import round2
+from csms.reporting.hours import opening_intervals
+from csms.reporting.queries import PortInfo, port_timelines
+from csms.reporting.uptime import Exclusion, UptimeResult, uptime
+from schemas.intervals import Interval
+
+PortKey = tuple[str, int]
+BATCH_PORTS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class FleetPort:
+    info: PortInfo
+    station_id: str
+    uid: str
+    rated_kw: float
+
+    @property
+    def key(self) -> PortKey:
+        return (self.info.charge_point_id, self.info.evse_id)
+
+
+async def fleet_ports(db: asyncpg.Pool, *, location_id: str | None = None,
+                      ports: Sequence[PortKey] | None = None) -> list[FleetPort]:
+    """Registered ports (EVSEs), with their station, time zone, hours and rated power."""
+    rows = await db.fetch(
+        """SELECT e.charge_point_id, e.evse_id, e.uid, COALESCE(c.location_id, e.charge_point_id) AS station_id,
+                  COALESCE(l.time_zone, 'UTC') AS time_zone, l.opening_hours::text AS opening_hours,
+                  COALESCE(e.operational_since, l.operational_since, e.created_at) AS operational_since,
+                  COALESCE((SELECT max(k.rated_power_w) FROM connectors k WHERE k.charge_point_id = e.charge_point_id
+                            AND k.evse_id = e.evse_id), 0)::float8 / 1000 AS rated_kw
+           FROM evses e JOIN charge_points c ON c.id = e.charge_point_id
+           LEFT JOIN locations l ON l.id = c.location_id
+           WHERE ($1::text IS NULL OR c.location_id = $1)
+           ORDER BY station_id, e.charge_point_id, e.evse_id""", location_id)
+    wanted = set(ports) if ports is not None else None
+    out = []
+    for r in rows:
+        if wanted is not None and (r["charge_point_id"], r["evse_id"]) not in wanted:
+            continue
+        hours = json.loads(r["opening_hours"]) if r["opening_hours"] else None
+        info = PortInfo(r["charge_point_id"], r["evse_id"], r["time_zone"], hours, r["operational_since"])
+        out.append(FleetPort(info, r["station_id"], r["uid"], r["rated_kw"]))
+    return out
+
+
+async def exclusions_for(db: asyncpg.Pool, keys: Sequence[PortKey], window: Interval,
+                         *, as_of: datetime | None = None) -> dict[PortKey, list[Exclusion]]:
+    """Exclusions in force per port: for each (start, end) the latest entry wins; 'withdrawn' cancels."""
+    rows = await db.fetch(
+        """SELECT DISTINCT ON (x.charge_point_id, x.evse_id, x.starts_at, x.ends_at)
+                  x.charge_point_id, x.evse_id, x.starts_at, x.ends_at, x.reason
+           FROM outage_exclusions x JOIN unnest($1::text[], $2::int[]) AS p(cp, evse)
+             ON x.charge_point_id = p.cp AND x.evse_id = p.evse
+           WHERE x.ends_at > $3 AND x.starts_at < $4 AND ($5::timestamptz IS NULL OR x.created_at <= $5)
+           ORDER BY x.charge_point_id, x.evse_id, x.starts_at, x.ends_at, x.id DESC""",
+        [k[0] for k in keys], [k[1] for k in keys], window[0], window[1], as_of)
+    out: dict[PortKey, list[Exclusion]] = {}
+    for r in rows:
+        if r["reason"] != "withdrawn":
+            out.setdefault((r["charge_point_id"], r["evse_id"]), []).append(
+                Exclusion(r["starts_at"], r["ends_at"], r["reason"]))
+    return out
+
+
+async def fleet_uptime(db: asyncpg.Pool, ports: Sequence[FleetPort], method: str,
+                       window_of: Callable[[PortInfo], Interval], *, offline_grace_s: int = 0,
+                       offline_counts: bool = True) -> list[tuple[FleetPort, UptimeResult, list[Exclusion]]]:
+    """Each port's uptime; ports sharing a window (same time zone) are read together."""
+    by_window: dict[Interval, list[FleetPort]] = {}
+    for port in ports:
+        by_window.setdefault(window_of(port.info), []).append(port)
+    results: dict[PortKey, tuple[FleetPort, UptimeResult, list[Exclusion]]] = {}
+    for window, group in by_window.items():
+        for i in range(0, len(group), BATCH_PORTS):
+            batch = group[i:i + BATCH_PORTS]
+            keys = [p.key for p in batch]
+            timelines = await port_timelines(db, keys, window)
+            excl = await exclusions_for(db, keys, window)
+            opening: dict[tuple[str, str], list[Interval]] = {}
+            for port in batch:
+                sig = (json.dumps(port.info.opening_hours, sort_keys=True), port.info.time_zone)
+                if sig not in opening:
+                    opening[sig] = opening_intervals(port.info.opening_hours, port.info.time_zone, window)
+                applied = excl.get(port.key, [])
+                result = uptime(method=method, timeline=timelines[port.key], window=window, opening=opening[sig],
+                                exclusions=applied, operational_since=port.info.operational_since,
+                                offline_grace=timedelta(seconds=offline_grace_s), offline_counts=offline_counts)
+                results[port.key] = (port, result, applied)
+    return [results[p.key] for p in ports]
+
+
+def aggregate(results: Sequence[UptimeResult]) -> dict[str, object]:
+    """Uptime of a group of ports, recomputed from their minutes."""
+    counted = [r for r in results if r.uptime_pct is not None]
+    denominator = sum(r.denominator_minutes for r in counted)
+    lost = sum(r.t_outage_min - r.t_excluded_min for r in counted)
+    period = sum(r.minutes_in_period for r in results)
+    return {
+        "ports": len(results), "ports_counted": len(counted),
+        "ports_meeting_requirement": sum(1 for r in counted if r.meets_requirement),
+        "denominator_minutes": round2(denominator), "t_outage_min": round2(sum(r.t_outage_min for r in counted)),
+        "t_excluded_min": round2(sum(r.t_excluded_min for r in counted)),
+        "uptime_pct": round2((denominator - lost) / denominator * 100) if denominator else None,
+        "data_completeness": round(sum(r.data_completeness * r.minutes_in_period for r in results) / period, 4)
+        if period else 0.0,
+    }

@@ -1,0 +1,135 @@
+"""Keeps ``port_state_15m`` and ``port_occupancy_spans`` up to date (migration 0003).
+
+The Apache-2 TimescaleDB edition has no continuous aggregates, so this is their stand-in.
+Each refresh recomputes, for every registered port, the buckets from the watermark to the
+last whole quarter hour, and for ports the writer marked dirty (rows stored behind the
+watermark: late, replayed or back-filled data) from the quarter hour of the mark. A mark is
+cleared only if no writer touched it during the refresh (its version is unchanged), so
+nothing stored meanwhile is missed. One refresher runs at a time (advisory lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from schemas.port_state import floor_bucket, load_histories, port_minutes
+
+logger = logging.getLogger(__name__)
+
+ROLLUP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"csms-rollup").digest()[:8], "big", signed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshResult:
+    ran: bool
+    rolled_until: datetime | None
+    ports: int = 0
+    buckets_written: int = 0
+    spans_written: int = 0
+    seconds: float = 0.0
+
+
+async def _start(conn: asyncpg.Connection | PoolConnectionProxy, until: datetime) -> datetime:
+    """The watermark; on the first run, the first quarter hour with data."""
+    mark = await conn.fetchval("SELECT rolled_until FROM port_state_watermark")
+    if mark is not None:
+        return min(mark, until)  # type: ignore[no-any-return]
+    first = await conn.fetchval("SELECT min(time) FROM connector_status")
+    first_tx = await conn.fetchval("SELECT min(time) FROM transaction_events")
+    known = [t for t in (first, first_tx) if t is not None]
+    return floor_bucket(min(known)) if known else until
+
+
+async def refresh(pool: asyncpg.Pool, *, now: datetime | None = None, ports_per_query: int = 100) -> RefreshResult:
+    """Bring the roll-up up to the last whole quarter hour before ``now``."""
+    began = time.perf_counter()
+    until = floor_bucket(now or datetime.now(UTC))
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", ROLLUP_LOCK_KEY):
+            return RefreshResult(ran=False, rolled_until=None)
+        try:
+            watermark = await _start(conn, until)
+            dirty_rows = await conn.fetch("SELECT charge_point_id, evse_id, since, version FROM port_state_dirty")
+            by_cp = {r["charge_point_id"]: floor_bucket(r["since"]) for r in dirty_rows if r["evse_id"] == 0}
+            by_port = {(r["charge_point_id"], r["evse_id"]): floor_bucket(r["since"])
+                       for r in dirty_rows if r["evse_id"] != 0}
+            ports = []
+            for r in await conn.fetch("SELECT charge_point_id, evse_id FROM evses ORDER BY 1, 2"):
+                cp, evse = r["charge_point_id"], r["evse_id"]
+                since = min(t for t in (watermark, by_cp.get(cp), by_port.get((cp, evse))) if t is not None)
+                if since < until:
+                    ports.append((cp, evse, since))
+            buckets = spans = 0
+            for i in range(0, len(ports), ports_per_query):
+                group = ports[i:i + ports_per_query]
+                b, s = await _recompute(conn, group, until)
+                buckets += b
+                spans += s
+            async with conn.transaction():
+                await conn.execute(
+                    """INSERT INTO port_state_watermark (rolled_until) VALUES ($1)
+                       ON CONFLICT (singleton) DO UPDATE SET rolled_until = EXCLUDED.rolled_until""", until)
+                await conn.execute(
+                    """DELETE FROM port_state_dirty d
+                       USING unnest($1::text[], $2::int[], $3::bigint[]) AS v(cp, evse, ver)
+                       WHERE d.charge_point_id = v.cp AND d.evse_id = v.evse AND d.version = v.ver""",
+                    [r["charge_point_id"] for r in dirty_rows], [r["evse_id"] for r in dirty_rows],
+                    [r["version"] for r in dirty_rows])
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK_KEY)
+    return RefreshResult(True, until, len(ports), buckets, spans, time.perf_counter() - began)
+
+
+async def _recompute(conn: asyncpg.Connection | PoolConnectionProxy, ports: list[tuple[str, int, datetime]],
+                     until: datetime) -> tuple[int, int]:
+    histories = await load_histories(conn, ports, until)
+    bucket_rows: list[tuple[str, int, datetime, float, float]] = []
+    span_rows: list[tuple[str, int, datetime, datetime, float, float | None]] = []
+    for cp, evse, since in ports:
+        minutes = port_minutes(histories[(cp, evse)], (since, until))
+        bucket_rows.extend((cp, evse, b, occ, chg) for b, (occ, chg) in minutes.buckets.items())
+        span_rows.extend((cp, evse, s.ended_at, s.started_at, s.charging_s, s.post_charge_idle_s)
+                         for s in minutes.spans)
+    cps, evses, starts = [p[0] for p in ports], [p[1] for p in ports], [p[2] for p in ports]
+    async with conn.transaction():
+        await conn.execute(
+            """DELETE FROM port_state_15m r USING unnest($1::text[], $2::int[], $3::timestamptz[]) AS v(cp, evse, w0)
+               WHERE r.charge_point_id = v.cp AND r.evse_id = v.evse AND r.bucket >= v.w0 AND r.bucket < $4""",
+            cps, evses, starts, until)
+        await conn.execute(
+            """DELETE FROM port_occupancy_spans r
+               USING unnest($1::text[], $2::int[], $3::timestamptz[]) AS v(cp, evse, w0)
+               WHERE r.charge_point_id = v.cp AND r.evse_id = v.evse AND r.ended_at >= v.w0 AND r.ended_at < $4""",
+            cps, evses, starts, until)
+        if bucket_rows:
+            await conn.copy_records_to_table(
+                "port_state_15m", records=bucket_rows,
+                columns=["charge_point_id", "evse_id", "bucket", "occupied_s", "charging_s"])
+        if span_rows:
+            await conn.copy_records_to_table(
+                "port_occupancy_spans", records=span_rows,
+                columns=["charge_point_id", "evse_id", "ended_at", "started_at", "charging_s", "post_charge_idle_s"])
+    return len(bucket_rows), len(span_rows)
+
+
+async def rollup_loop(pool: asyncpg.Pool, *, interval_s: float, stop: asyncio.Event) -> None:
+    """Refresh every ``interval_s`` until ``stop``; a failed refresh is retried next time."""
+    while not stop.is_set():
+        try:
+            result = await refresh(pool)
+            if result.ran and result.seconds > interval_s / 2:
+                logger.warning("roll-up of %d ports took %.1f s (interval %.0f s)", result.ports, result.seconds,
+                               interval_s)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            logger.warning("roll-up failed, will retry: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
