@@ -179,17 +179,21 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
     async def evchart_module_2(year: Year, quarter: Quarter, network_provider: Provider = "other") -> Response:
         """EV-ChART module 2: one row per session that started in the quarter."""
         start, end = evchart.quarter_bounds(year, quarter)
+        # Peaks in one pass over the quarter's power samples (chunk exclusion on the time range;
+        # a correlated sub-query per session costs a planning round per session).
         rows = await db().fetch(
-            """SELECT COALESCE(c.location_id, t.charge_point_id) AS station_id, e.uid AS port_id,
+            """WITH peaks AS (
+                   SELECT m.charge_point_id, m.transaction_uid, max(m.value) / 1000 AS peak_kw FROM meter_samples m
+                   WHERE m.measurand = 'Power.Active.Import' AND m.phase = '' AND m.transaction_uid <> ''
+                     AND m.time >= $1::timestamptz AND m.time < $2::timestamptz + interval '2 days'
+                   GROUP BY 1, 2)
+               SELECT COALESCE(c.location_id, t.charge_point_id) AS station_id, e.uid AS port_id,
                       t.charge_point_id, t.transaction_uid, t.connector_id, t.started_at, t.stopped_at,
-                      t.stop_reason, t.energy_wh::float8 / 1000 AS energy_kwh, tok.token_type,
-                      (SELECT max(m.value) / 1000 FROM meter_samples m
-                        WHERE m.charge_point_id = t.charge_point_id AND m.transaction_uid = t.transaction_uid
-                          AND m.measurand = 'Power.Active.Import' AND m.phase = ''
-                          AND m.time >= t.started_at AND m.time <= COALESCE(t.stopped_at, t.started_at)) AS peak_kw
+                      t.stop_reason, t.energy_wh::float8 / 1000 AS energy_kwh, tok.token_type, pk.peak_kw
                FROM transactions t JOIN charge_points c ON c.id = t.charge_point_id
                LEFT JOIN evses e ON e.charge_point_id = t.charge_point_id AND e.evse_id = t.evse_id
                LEFT JOIN id_tokens tok ON tok.id_token = t.id_token
+               LEFT JOIN peaks pk ON pk.charge_point_id = t.charge_point_id AND pk.transaction_uid = t.transaction_uid
                WHERE t.started_at >= $1 AND t.started_at < $2 ORDER BY t.started_at, t.charge_point_id""",
             start, end)
         body = evchart.to_csv(evchart.MODULE_2, (

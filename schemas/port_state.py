@@ -94,8 +94,8 @@ def occupied_and_charging(history: PortHistory, until: datetime) -> tuple[list[I
     occupied = _state_spans(history.statuses, OCCUPIED, until)
     charging = _state_spans(history.statuses, frozenset({"Charging"}), until)
     for events in history.transactions:
-        charging = merge([*charging, *_tx_charging(events, until)])
-    return occupied, charging
+        charging.extend(_tx_charging(events, until))
+    return occupied, merge(charging)
 
 
 def _add_to_buckets(out: dict[datetime, list[float]], intervals: Iterable[Interval], index: int) -> None:
@@ -116,19 +116,30 @@ def port_minutes(history: PortHistory, window: Interval) -> PortMinutes:
     _add_to_buckets(sums, intersect(occupied, [window]), 0)
     _add_to_buckets(sums, intersect(charging, [window]), 1)
     result = PortMinutes(buckets={b: (v[0], v[1]) for b, v in sorted(sums.items())})
+    j = 0   # both lists are sorted and disjoint: one pass over the charging intervals
     for start, end in occupied:
+        while j < len(charging) and charging[j][1] <= start:
+            j += 1
         if not window[0] <= end < window[1]:
             continue
-        inside = intersect(charging, [(start, end)])
-        charged = sum((e - s).total_seconds() for s, e in inside)
-        idle = (end - inside[-1][1]).total_seconds() if inside else None
+        charged = 0.0
+        last_charge: datetime | None = None
+        k = j
+        while k < len(charging) and charging[k][0] < end:
+            s, e = max(charging[k][0], start), min(charging[k][1], end)
+            if e > s:
+                charged += (e - s).total_seconds()
+                last_charge = e
+            k += 1
+        idle = (end - last_charge).total_seconds() if last_charge is not None else None
         result.spans.append(Span(start, end, charged, idle))
     return result
 
 
 _STATUS_SQL = """
 WITH p AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS p(cp, evse, w0)),
-b AS (
+-- MATERIALIZED: read_from is computed once per port, not re-planned into every chunk scan.
+b AS MATERIALIZED (
     SELECT p.cp, p.evse, GREATEST(p.w0 - $5::interval, (
         SELECT x.time FROM connector_status x
         WHERE x.charge_point_id = p.cp AND x.evse_id = p.evse AND x.time < p.w0

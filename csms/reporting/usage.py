@@ -20,7 +20,7 @@ import bisect
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -56,13 +56,18 @@ class BucketUsage:
     peak_concurrency: int | None = None
 
 
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def _is_closed(closed: Sequence[Interval], moment: datetime) -> bool:
-    i = bisect.bisect_right([c[0] for c in closed], moment) - 1
+    i = bisect.bisect_right(closed, (moment, _LATEST)) - 1   # the last closed interval starting ≤ moment
     return i >= 0 and closed[i][0] <= moment < closed[i][1]
 
 
 def _open_seconds(closed: Sequence[Interval], span: Interval) -> float:
     """Seconds of ``span`` in quarter hours that start in access hours."""
+    if not closed or closed[-1][1] <= span[0] or closed[0][0] >= span[1]:
+        return (span[1] - span[0]).total_seconds()
     total = 0.0
     cursor = span[0]
     while cursor < span[1]:

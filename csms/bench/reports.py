@@ -1,0 +1,296 @@
+"""Report benchmark: every reporting endpoint over N ports × M months of generated history.
+
+The history is generated inside PostgreSQL (generate_series, deterministic hashes), written
+to the same tables the gateway fills: per port and day six sessions (Preparing → Charging →
+Finishing → Available, a transaction and three meter samples each), one fault a month per
+port, one disconnect a month per charge point. Then the ingest roll-up runs once (timed),
+and each report is requested through the HTTP application (in process, no socket) — once
+cold, once warm. The baseline, measured in the same run, is one sequential scan of the
+whole status history (``count(*)``), so each report time is also given as a ratio to it.
+
+Usage: python -m csms.bench.reports [--ports 1000] [--months 12] [--database-url URL] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from prometheus_client import CollectorRegistry
+
+from csms.embedded_pg import EmbeddedPostgres, free_port
+from csms.http_api import create_app
+from schemas.migrate import apply_migrations
+
+TOKEN = "bench-token"  # noqa: S105 - a throw-away database on loopback
+ZONES = ("America/Los_Angeles", "Asia/Kolkata", "Europe/Berlin", "UTC")
+SESSIONS_PER_DAY = 6
+
+_REGISTRY_SQL = """
+INSERT INTO locations (id, name, country, latitude, longitude, time_zone, is_public, operational_since)
+SELECT 'L' || lpad(n::text, 4, '0'), 'Site ' || n, 'USA', 10 + n % 50, -100 + n % 90,
+       ($2::text[])[1 + n % 4], true, $3
+FROM generate_series(0, $1 - 1) n;
+"""
+
+_CHARGERS_SQL = """
+INSERT INTO charge_points (id, location_id, ocpp_version, registration_status)
+SELECT 'B' || lpad(n::text, 4, '0'), 'L' || lpad((n / 2)::text, 4, '0'), '1.6', 'Accepted'
+FROM generate_series(0, $1 - 1) n
+"""
+_EVSES_SQL = """
+INSERT INTO evses (charge_point_id, evse_id, uid, operational_since)
+SELECT 'B' || lpad((p / 2)::text, 4, '0'), p % 2 + 1, 'EVSE-' || p, $2 FROM generate_series(0, $1 - 1) p
+"""
+_CONNECTORS_SQL = """
+INSERT INTO connectors (charge_point_id, evse_id, connector_id, power_type, rated_power_w)
+SELECT 'B' || lpad((p / 2)::text, 4, '0'), p % 2 + 1, 1, CASE WHEN p / 2 % 2 = 0 THEN 'DC' ELSE 'AC_3_PHASE' END,
+       CASE WHEN p / 2 % 2 = 0 THEN 150000 ELSE 22000 END FROM generate_series(0, $1 - 1) p
+"""
+
+# One month of sessions: port p, day d, session k; start between 06:00 and 19:29 UTC, 30–90 minutes.
+_SESSIONS = """
+WITH s AS (
+    SELECT 'B' || lpad((p / 2)::text, 4, '0') AS cp, p % 2 + 1 AS evse, d, k,
+           CASE WHEN p / 2 % 2 = 0 THEN 150000 ELSE 22000 END AS rated_w,
+           $1::timestamptz
+               + make_interval(days => d, mins => 360 + k * 150 + abs(hashtext(p || ':' || d || ':' || k)) % 60)
+               AS start,
+           30 + abs(hashtext(k || ':' || d || ':' || p)) % 61 AS minutes
+    FROM generate_series(0, $2 - 1) p, generate_series($3, $4 - 1) d, generate_series(0, 5) k)
+"""
+
+_STATUS_SQL = _SESSIONS + """
+INSERT INTO connector_status (time, charge_point_id, evse_id, connector_id, status, received_at)
+SELECT s.start + make_interval(mins => CASE v.n WHEN 0 THEN 0 WHEN 1 THEN 5 WHEN 2 THEN s.minutes - 10
+                                              ELSE s.minutes END), s.cp, s.evse, 1, v.status, s.start
+FROM s, (VALUES (0, 'Preparing'), (1, 'Charging'), (2, 'Finishing'), (3, 'Available')) AS v(n, status)
+"""
+
+_TX_SQL = _SESSIONS + """
+INSERT INTO transactions (charge_point_id, transaction_uid, evse_id, connector_id, id_token, started_at,
+                          meter_start_wh, stopped_at, meter_stop_wh, stop_reason)
+SELECT s.cp, 'S' || s.evse || '-' || s.d || '-' || s.k, s.evse, 1, 'TAG1', s.start, 0,
+       s.start + make_interval(mins => s.minutes - 10), round(s.rated_w * (s.minutes - 15) / 60.0 * 0.8), 'Local'
+FROM s
+"""
+
+_METER_SQL = _SESSIONS + """
+INSERT INTO meter_samples (time, charge_point_id, evse_id, connector_id, transaction_uid, measurand, context,
+                           value, unit, raw_value, received_at)
+SELECT s.start + make_interval(mins => v.at_min), s.cp, s.evse, 1, 'S' || s.evse || '-' || s.d || '-' || s.k,
+       v.measurand, 'Sample.Periodic', v.value, v.unit, v.value::text, s.start
+FROM s CROSS JOIN LATERAL (VALUES
+    (5, 'Energy.Active.Import.Register', 0::float8, 'Wh'),
+    ((s.minutes - 10) / 2, 'Power.Active.Import', s.rated_w * 0.8, 'W'),
+    (s.minutes - 10, 'Energy.Active.Import.Register', round(s.rated_w * (s.minutes - 15) / 60.0 * 0.8), 'Wh')
+) AS v(at_min, measurand, value, unit)
+"""
+
+_FAULTS_SQL = """
+INSERT INTO connector_status (time, charge_point_id, evse_id, connector_id, status, error_code, received_at)
+SELECT $1::timestamptz + make_interval(days => m * 30 + 10 + p % 15, hours => 3, mins => v.n * (p % 7 + 1) * 20),
+       'B' || lpad((p / 2)::text, 4, '0'), p % 2 + 1, 1, v.status, v.error, $1::timestamptz
+FROM generate_series(0, $2 - 1) p, generate_series(0, $3 - 1) m,
+     (VALUES (0, 'Faulted', 'GroundFailure'), (1, 'Available', 'NoError')) AS v(n, status, error)
+"""
+
+_OFFLINE_SQL = """
+INSERT INTO connection_events (time, charge_point_id, event, node_id)
+SELECT $1::timestamptz + make_interval(days => m * 30 + 15 + c % 10, hours => 2, mins => v.n * (c % 5 + 1) * 10),
+       'B' || lpad(c::text, 4, '0'), v.event, 'bench'
+FROM generate_series(0, $2 - 1) c, generate_series(0, $3 - 1) m,
+     (VALUES (0, 'disconnected'), (1, 'connected')) AS v(n, event)
+"""
+
+
+def _month_start(moment: datetime) -> datetime:
+    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+async def generate(pool: asyncpg.Pool, *, ports: int, months: int, end: datetime) -> dict[str, Any]:
+    """Registry and history for ``ports`` ports over the ``months`` × 30 days before ``end``."""
+    days = months * 30
+    start = end - timedelta(days=days)
+    began = time.perf_counter()
+    async with pool.acquire() as conn:
+        await conn.execute(_REGISTRY_SQL, (ports + 3) // 4, list(ZONES), start - timedelta(days=60))
+        await conn.execute(_CHARGERS_SQL, (ports + 1) // 2)
+        await conn.execute(_EVSES_SQL, ports, start - timedelta(days=60))
+        await conn.execute(_CONNECTORS_SQL, ports)
+        for first in range(0, days, 30):
+            last = min(days, first + 30)
+            for sql in (_STATUS_SQL, _TX_SQL, _METER_SQL):
+                await conn.execute(sql, start, ports, first, last)
+            print(f"  generated days {first}–{last} of {days}", file=sys.stderr, flush=True)
+        await conn.execute(_FAULTS_SQL, start, ports, months)
+        await conn.execute(_OFFLINE_SQL, start, (ports + 1) // 2, months)
+        await conn.execute("ANALYZE")
+        counts = {t: await conn.fetchval(f"SELECT count(*) FROM {t}")  # fixed table names
+                  for t in ("connector_status", "transactions", "meter_samples", "connection_events")}
+    return {"seconds": round(time.perf_counter() - began, 1), "rows": counts, "start": start.isoformat(),
+            "end": end.isoformat()}
+
+
+async def _existing(pool: asyncpg.Pool) -> dict[str, Any]:
+    print("  reusing the history already in the database", file=sys.stderr, flush=True)
+    counts = {t: await pool.fetchval(f"SELECT count(*) FROM {t}")  # fixed table names
+              for t in ("connector_status", "transactions", "meter_samples", "connection_events")}
+    return {"seconds": 0.0, "rows": counts, "reused": True}
+
+
+def _requests(end: datetime, months: int) -> list[tuple[str, str, dict[str, str]]]:
+    """(name, path, params) of every report, over the generated history."""
+    year_ago = (end - timedelta(days=months * 30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    to = end.strftime("%Y-%m-%dT%H:%M:%SZ")
+    last_month = (end - timedelta(days=1)).strftime("%Y-%m")
+    # The last whole quarter before ``end``.
+    q_index = end.year * 4 + (end.month - 1) // 3 - 1
+    q_year, q = q_index // 4, q_index % 4 + 1
+    q_start = datetime(q_year, 3 * q - 2, 1, tzinfo=UTC)
+    q_end = datetime(q_year + (q == 4), 1 if q == 4 else 3 * q + 1, 1, tzinfo=UTC)
+    whole = {"from": year_ago, "to": to}
+    return [
+        ("port uptime (NEVI, 1 port)", "/api/v1/reporting/ports/B0000/1/uptime",
+         {"method": "nevi", "report_month": last_month}),
+        ("port outages (1 port, window)", "/api/v1/reporting/ports/B0000/1/outages", whole),
+        ("uptime per station (NEVI, all ports)", "/api/v1/reporting/uptime",
+         {"method": "nevi", "report_month": last_month, "group_by": "station"}),
+        ("uptime network (UK, all ports)", "/api/v1/reporting/uptime",
+         {"method": "uk", **whole, "group_by": "network"}),
+        ("utilization network, by month", "/api/v1/reporting/network/utilization", {**whole, "bucket": "month"}),
+        ("utilization network, by day", "/api/v1/reporting/network/utilization", {**whole, "bucket": "day"}),
+        ("utilization station, by hour", "/api/v1/reporting/stations/L0001/utilization",
+         {**whole, "bucket": "hour"}),
+        ("utilization port, by week", "/api/v1/reporting/ports/B0000/1/utilization", {**whole, "bucket": "week"}),
+        ("hour-of-week profile, station", "/api/v1/reporting/stations/L0001/utilization/profile", whole),
+        ("EV-ChART module 2 (quarter)", "/api/v1/reporting/exports/ev-chart/module-2.csv",
+         {"year": str(q_year), "quarter": str(q)}),
+        ("EV-ChART module 3 (quarter)", "/api/v1/reporting/exports/ev-chart/module-3.csv",
+         {"year": str(q_year), "quarter": str(q)}),
+        ("EV-ChART module 4 (quarter)", "/api/v1/reporting/exports/ev-chart/module-4.csv",
+         {"year": str(q_year), "quarter": str(q)}),
+        ("India site energy statement (quarter)", "/api/v1/reporting/exports/india/site-energy-statement",
+         {"year": str(q_year), "quarter": str(q)}),
+        ("sessions CSV (quarter)", "/api/v1/reporting/exports/sessions.csv",
+         {"from": q_start.strftime("%Y-%m-%dT%H:%M:%SZ"), "to": q_end.strftime("%Y-%m-%dT%H:%M:%SZ")}),
+        ("OCPI open-data locations", "/open-data/ocpi/locations", {}),
+    ]
+
+
+async def time_reports(pool: asyncpg.Pool, *, end: datetime, months: int, repeat: int = 2) -> list[dict[str, Any]]:
+    async def health() -> dict[str, Any]:
+        return {"ok": True}
+
+    app = create_app(registry=CollectorRegistry(), api_token=TOKEN, health=health, pool=pool, gateway=None)
+    out = []
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench",
+                                 headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600) as client:
+        for name, path, params in _requests(end, months):
+            times = []
+            status = 0
+            size = 0
+            for _ in range(repeat):
+                began = time.perf_counter()
+                reply = await client.get(path, params=params)
+                times.append(time.perf_counter() - began)
+                status, size = reply.status_code, len(reply.content)
+            out.append({"report": name, "path": path, "status": status, "bytes": size,
+                        "cold_s": round(times[0], 3), "warm_s": round(min(times[1:] or times), 3)})
+            print(f"  {name}: {times[0]:.3f} s cold, {min(times[1:] or times):.3f} s warm ({status})",
+                  file=sys.stderr, flush=True)
+    return out
+
+
+def _private_cluster() -> tuple[EmbeddedPostgres, str]:
+    tmp = Path(tempfile.mkdtemp(prefix="csms-report-bench-"))
+    tmp.chmod(0o755)  # the server may run as another user (root → postgres)
+    pg = EmbeddedPostgres(data_dir=tmp / "pg", port=free_port())
+    return pg, pg.start().url()
+
+
+async def run(*, database_url: str | None = None, ports: int = 1000, months: int = 12) -> dict[str, Any]:
+    """Generate the history, roll it up, time every report. Returns the figures."""
+    from ingest.rollup import refresh
+
+    pg = None
+    try:
+        if database_url is None:
+            pg, database_url = await asyncio.to_thread(_private_cluster)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await apply_migrations(conn)
+        finally:
+            await conn.close()
+        end = _month_start(datetime.now(UTC))
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
+        try:
+            if await pool.fetchval("SELECT count(*) FROM evses"):
+                generated = await _existing(pool)   # a database this benchmark filled before
+            else:
+                generated = await generate(pool, ports=ports, months=months, end=end)
+            began = time.perf_counter()
+            rolled = await refresh(pool, now=end)
+            rollup_s = time.perf_counter() - began
+            began = time.perf_counter()
+            await pool.fetchval("SELECT count(*) FROM connector_status")
+            scan_s = time.perf_counter() - began
+            reports = await time_reports(pool, end=end, months=months)
+        finally:
+            await pool.close()
+    finally:
+        if pg is not None:
+            await asyncio.to_thread(pg.stop)
+    for r in reports:
+        r["ratio_to_scan"] = round(r["warm_s"] / scan_s, 2) if scan_s else None
+    return {"ports": ports, "months": months, "generated": generated,
+            "rollup": {"seconds": round(rollup_s, 1), "buckets": rolled.buckets_written, "spans": rolled.spans_written},
+            "baseline_scan_s": round(scan_s, 3), "reports": reports,
+            "slowest_warm_s": max(r["warm_s"] for r in reports),
+            "target_s": 1.0}
+
+
+def render(result: dict[str, Any]) -> str:
+    rows = result["generated"]["rows"]
+    lines = [f"Reports over {result['ports']:,} ports × {result['months']} months "
+             f"({rows['connector_status']:,} status rows, {rows['transactions']:,} sessions, "
+             f"{rows['meter_samples']:,} meter samples; generated in {result['generated']['seconds']} s; "
+             f"first roll-up {result['rollup']['seconds']} s).",
+             f"Baseline: one scan of the whole status history, {result['baseline_scan_s']} s.", "",
+             "| report | cold s | warm s | warm ÷ scan | HTTP |", "|---|---|---|---|---|"]
+    for r in result["reports"]:
+        lines.append(f"| {r['report']} | {r['cold_s']} | {r['warm_s']} | {r['ratio_to_scan']} | {r['status']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--ports", type=int, default=1000)
+    parser.add_argument("--months", type=int, default=12)
+    parser.add_argument("--database-url", default=None,
+                        help="an empty database, or one this benchmark filled before (reused as it is); "
+                             "default: a private cluster")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if not 1 <= args.ports <= 20000 or not 1 <= args.months <= 13:
+        parser.error("--ports 1..20000, --months 1..13")
+    result = asyncio.run(run(database_url=args.database_url, ports=args.ports, months=args.months))
+    print(render(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    bad = [r["report"] for r in result["reports"] if r["status"] != 200]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
