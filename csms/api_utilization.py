@@ -73,8 +73,15 @@ def _refs(ports: Sequence[FleetPort], window: Interval, basis: str) -> list[Port
             opening = opening_intervals(p.info.opening_hours, p.info.time_zone, window) \
                 if basis == "operating_hours" else [window]
             closed_by_sig[sig] = tuple(subtract([window], opening))
-        refs.append(PortRef(p.info.charge_point_id, p.info.evse_id, p.rated_kw, closed_by_sig[sig]))
+        refs.append(PortRef(p.info.charge_point_id, p.info.evse_id, p.rated_kw, closed_by_sig[sig], p.info.time_zone))
     return refs
+
+
+def _add(target: BucketUsage, part: BucketUsage) -> None:
+    """Sums of minutes, kWh and counts; percentiles do not add up and are dropped."""
+    for name in ("avail_s", "occupied_s", "charging_s", "capacity_kwh", "energy_kwh", "sessions", "successes"):
+        setattr(target, name, getattr(target, name) + getattr(part, name))
+    target.median_idle_s = target.p90_idle_s = target.peak_concurrency = None
 
 
 def build_utilization_router(*, db: Any, window_of: Any) -> APIRouter:
@@ -88,7 +95,7 @@ def build_utilization_router(*, db: Any, window_of: Any) -> APIRouter:
         except ValueError as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
         pool: asyncpg.Pool = db()
-        buckets, total = await usage(pool, _refs(ports, window, basis), bounds, with_peak=with_peak)
+        buckets, total = await usage(pool, _refs(ports, window, basis), bounds, with_peak=with_peak, zone=zone)
         body = figures(total, zone)
         for key in ("bucket_start", "bucket_start_local", "bucket_end"):
             body.pop(key)
@@ -132,13 +139,53 @@ def build_utilization_router(*, db: Any, window_of: Any) -> APIRouter:
     async def network_utilization(start: Annotated[datetime, Query(alias="from")],
                                   end: Annotated[datetime, Query(alias="to")], bucket: Bucket = "none",
                                   basis: Basis = "operating_hours",
-                                  tz: Annotated[str, Query(max_length=64)] = "UTC") -> dict[str, Any]:
-        """All registered ports; buckets in ``tz``; each station's own access hours apply.
-        Peak concurrency is per station only (null here)."""
-        if tz not in available_timezones():
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unknown time zone {tz!r}")
+                                  tz: Annotated[str, Query(max_length=64)] = "station") -> dict[str, Any]:
+        """All registered ports; each station's own access hours apply. ``tz=station`` (default):
+        day, week and month buckets are each station's local calendar periods (a network's
+        "1 March" is 1 March at every station), labelled by local start date; hour buckets need
+        one zone (``tz=<IANA zone>``), which also puts every bucket in that zone. Peak concurrency
+        is per station only (null here); post-charge idle percentiles per bucket are given when
+        the buckets come from one zone."""
         window = window_of(start, end)
-        return await report(await fleet_ports(db()), window, bucket, basis, ZoneInfo(tz), False)
+        ports = await fleet_ports(db())
+        if tz != "station":
+            if tz not in available_timezones():
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unknown time zone {tz!r}")
+            return await report(ports, window, bucket, basis, ZoneInfo(tz), False)
+        if bucket == "hour":
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "hour buckets need one zone: tz=<IANA zone>")
+        by_zone: dict[str, list[FleetPort]] = {}
+        for port in ports:
+            by_zone.setdefault(port.info.time_zone, []).append(port)
+        if len(by_zone) <= 1:
+            zone = ZoneInfo(next(iter(by_zone), "UTC"))
+            return {**await report(ports, window, bucket, basis, zone, False), "time_zone": "station"}
+        merged: dict[str, BucketUsage] = {}
+        total = BucketUsage(window[0], window[1], ports=len(ports))
+        for zone_name, members in by_zone.items():
+            zone = ZoneInfo(zone_name)
+            buckets, part = await usage(db(), _refs(members, window, basis), report_bounds(window, bucket, zone),
+                                        zone=zone)
+            _add(total, part)
+            for b in buckets if bucket != "none" else []:
+                label = b.start.astimezone(zone).date().isoformat()
+                if label not in merged:
+                    merged[label] = BucketUsage(b.start, b.end)
+                target = merged[label]
+                target.start, target.end = min(target.start, b.start), max(target.end, b.end)
+                target.ports += b.ports
+                _add(target, b)
+        body = figures(total, ZoneInfo("UTC"))
+        for key in ("bucket_start", "bucket_start_local", "bucket_end"):
+            body.pop(key)
+        rows = []
+        for label, b in sorted(merged.items()):
+            row = figures(b, ZoneInfo("UTC"))
+            row["bucket_start_local"] = label
+            rows.append(row)
+        return {"period_start": _iso(window[0]), "period_end": _iso(window[1]), "time_zone": "station",
+                "bucket": bucket, "basis": basis, **body, "buckets": rows, "formula_version": FORMULA_VERSION,
+                "generated_at": _iso(datetime.now(UTC))}
 
     @router.get("/stations/{location_id}/utilization/profile")
     async def station_profile(location_id: LocationId, start: Annotated[datetime, Query(alias="from")],
@@ -148,7 +195,7 @@ def build_utilization_router(*, db: Any, window_of: Any) -> APIRouter:
         local weekday (1 = Monday) and hour, over the window."""
         window = window_of(start, end)
         ports, zone = await station(location_id)
-        buckets, _ = await usage(db(), _refs(ports, window, basis), report_bounds(window, "hour", zone))
+        buckets, _ = await usage(db(), _refs(ports, window, basis), report_bounds(window, "hour", zone), zone=zone)
         slots: dict[tuple[int, int], list[float]] = {}
         for b in buckets:
             slot = slots.setdefault(hour_of_week(b.start, zone), [0.0, 0.0, 0.0, 0.0])

@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -63,15 +64,20 @@ async def refresh(pool: asyncpg.Pool, *, now: datetime | None = None, ports_per_
             by_port = {(r["charge_point_id"], r["evse_id"]): floor_bucket(r["since"])
                        for r in dirty_rows if r["evse_id"] != 0}
             ports = []
-            for r in await conn.fetch("SELECT charge_point_id, evse_id FROM evses ORDER BY 1, 2"):
+            zones: dict[tuple[str, int], str] = {}
+            for r in await conn.fetch(
+                    """SELECT e.charge_point_id, e.evse_id, COALESCE(l.time_zone, 'UTC') AS time_zone FROM evses e
+                       JOIN charge_points c ON c.id = e.charge_point_id LEFT JOIN locations l ON l.id = c.location_id
+                       ORDER BY 1, 2"""):
                 cp, evse = r["charge_point_id"], r["evse_id"]
+                zones[(cp, evse)] = r["time_zone"]
                 since = min(t for t in (watermark, by_cp.get(cp), by_port.get((cp, evse))) if t is not None)
                 if since < until:
                     ports.append((cp, evse, since))
             buckets = spans = 0
             for i in range(0, len(ports), ports_per_query):
                 group = ports[i:i + ports_per_query]
-                b, s = await _recompute(conn, group, until)
+                b, s = await _recompute(conn, group, until, zones)
                 buckets += b
                 spans += s
             async with conn.transaction():
@@ -89,8 +95,23 @@ async def refresh(pool: asyncpg.Pool, *, now: datetime | None = None, ports_per_
     return RefreshResult(True, until, len(ports), buckets, spans, time.perf_counter() - began)
 
 
+def _local_midnight(moment: datetime, zone: str) -> datetime:
+    local = moment.astimezone(ZoneInfo(zone))
+    return datetime.combine(local.date(), datetime.min.time(), ZoneInfo(zone)).astimezone(UTC)
+
+
+_DAYS_SQL = """
+WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[]) AS v(cp, evse, f, tz))
+INSERT INTO port_state_day (charge_point_id, evse_id, day, time_zone, occupied_s, charging_s)
+SELECT r.charge_point_id, r.evse_id, (r.bucket AT TIME ZONE v.tz)::date, v.tz, sum(r.occupied_s), sum(r.charging_s)
+FROM port_state_15m r JOIN v ON r.charge_point_id = v.cp AND r.evse_id = v.evse
+WHERE r.bucket >= v.f AND r.bucket < $5
+GROUP BY 1, 2, 3, 4
+"""
+
+
 async def _recompute(conn: asyncpg.Connection | PoolConnectionProxy, ports: list[tuple[str, int, datetime]],
-                     until: datetime) -> tuple[int, int]:
+                     until: datetime, zones: dict[tuple[str, int], str]) -> tuple[int, int]:
     histories = await load_histories(conn, ports, until)
     bucket_rows: list[tuple[str, int, datetime, float, float]] = []
     span_rows: list[tuple[str, int, datetime, datetime, float, float | None]] = []
@@ -118,6 +139,14 @@ async def _recompute(conn: asyncpg.Connection | PoolConnectionProxy, ports: list
             await conn.copy_records_to_table(
                 "port_occupancy_spans", records=span_rows,
                 columns=["charge_point_id", "evse_id", "ended_at", "started_at", "charging_s", "post_charge_idle_s"])
+        # Station-local days, whole: from the local midnight before each port's recompute start.
+        tzs = [zones[(p[0], p[1])] for p in ports]
+        midnights = [_local_midnight(p[2], tz) for p, tz in zip(ports, tzs, strict=True)]
+        await conn.execute(
+            """DELETE FROM port_state_day r USING unnest($1::text[], $2::int[], $3::date[]) AS v(cp, evse, d)
+               WHERE r.charge_point_id = v.cp AND r.evse_id = v.evse AND r.day >= v.d""",
+            cps, evses, [m.astimezone(ZoneInfo(tz)).date() for m, tz in zip(midnights, tzs, strict=True)])
+        await conn.execute(_DAYS_SQL, cps, evses, midnights, tzs, until)
     return len(bucket_rows), len(span_rows)
 
 

@@ -123,7 +123,10 @@ async def reports(central: RunningCentral) -> dict[str, Any]:
                  {"from": "2025-11-02T00:00:00-07:00", "to": "2025-11-03T00:00:00-08:00", "bucket": "hour"}),
                 ("port", "/api/v1/reporting/ports/LA16/1/utilization", {**day, "bucket": "week"}),
                 ("network_calendar", "/api/v1/reporting/network/utilization", {**utc_day, "basis": "calendar"}),
-                ("network_hours", "/api/v1/reporting/network/utilization", {**utc_day, "bucket": "hour"}),
+                ("network_hours", "/api/v1/reporting/network/utilization",
+                 {**utc_day, "bucket": "hour", "tz": "UTC"}),
+                ("network_local_days", "/api/v1/reporting/network/utilization",
+                 {"from": z("11-01 00:00"), "to": z("11-04 00:00"), "bucket": "day", "basis": "calendar"}),
                 ("profile", "/api/v1/reporting/stations/LOC-IN/utilization/profile", utc_day),
                 ("uptime_station", "/api/v1/reporting/uptime",
                  {"method": "generic", "from": z("11-02 00:00"), "to": z("11-04 00:00")}),
@@ -188,6 +191,11 @@ def check_by_hand(raw: dict[str, Any], late: dict[str, Any]) -> None:
     hours = raw["network_hours"]                                             # India open 09:00–21:00 IST only
     assert (hours["avail_min"], hours["occupied_min"], hours["u_occupied_pct"]) == (2880 + 720, 325, 9.03)
     assert sum(b["occupied_min"] for b in hours["buckets"]) == 325
+    # Station-local days: "11-02" is 2 November at each station (25 hours in Los Angeles).
+    local = {b["bucket_start_local"]: b for b in raw["network_local_days"]["buckets"]}
+    assert local["2025-11-02"]["occupied_min"] == 325 and local["2025-11-02"]["ports"] == 3
+    assert local["2025-11-02"]["avail_min"] == 2 * 1500 + 1440
+    assert raw["network_local_days"]["occupied_min"] == 325
     slots = {(s["weekday"], s["hour"]): s for s in raw["profile"]["slots"]}
     assert slots[(7, 10)]["u_occupied_pct"] == 100 and slots[(7, 11)]["u_charging_pct"] == 100  # Sunday IST
     assert slots[(7, 8)]["avail_min"] == 0 and slots[(7, 12)]["u_occupied_pct"] == 0

@@ -43,18 +43,21 @@ async def port_info(db: asyncpg.Pool, charge_point_id: str, evse_id: int) -> Por
 # changes): the status in force at the window's start, the first row inside it (where
 # knowledge starts), every Faulted/Unavailable row and the row that ended each.
 _SPARSE_STATUS_SQL = """
-WITH p AS (SELECT * FROM unnest($1::text[], $2::int[]) AS p(cp, evse)),
-d AS (
+WITH p AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::int[]) AS p(cp, evse)),
+-- every outage row in the window: one scan of each chunk's partial index, not one per port
+down AS MATERIALIZED (
+    SELECT x.charge_point_id, x.evse_id, x.time, x.status, x.error_code, x.received_at
+    FROM connector_status x JOIN p ON x.charge_point_id = p.cp AND x.evse_id = p.evse
+    WHERE x.status IN ('Faulted', 'Unavailable') AND x.time >= $3 AND x.time < $4),
+edges AS MATERIALIZED (
     SELECT x.charge_point_id, x.evse_id, x.time, x.status, x.error_code, x.received_at FROM p
     CROSS JOIN LATERAL (
         (SELECT * FROM connector_status x WHERE x.charge_point_id = p.cp AND x.evse_id = p.evse AND x.time < $3
          ORDER BY x.time DESC, x.received_at DESC LIMIT 1)
         UNION ALL
         (SELECT * FROM connector_status x WHERE x.charge_point_id = p.cp AND x.evse_id = p.evse
-         AND x.time >= $3 AND x.time < $4 ORDER BY x.time, x.received_at LIMIT 1)
-        UNION ALL
-        (SELECT * FROM connector_status x WHERE x.charge_point_id = p.cp AND x.evse_id = p.evse
-         AND x.status IN ('Faulted', 'Unavailable') AND x.time >= $3 AND x.time < $4)) x)
+         AND x.time >= $3 AND x.time < $4 ORDER BY x.time, x.received_at LIMIT 1)) x),
+d AS (SELECT * FROM down UNION ALL SELECT * FROM edges)
 SELECT d.charge_point_id AS cp, d.evse_id AS evse, d.time, d.status, d.error_code, d.received_at FROM d
 UNION
 SELECT d.charge_point_id, d.evse_id, n.time, n.status, n.error_code, n.received_at FROM d

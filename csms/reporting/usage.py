@@ -20,7 +20,8 @@ import bisect
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -37,6 +38,7 @@ class PortRef:
     evse_id: int
     rated_kw: float
     closed: tuple[Interval, ...] = ()     # the station's closed hours inside the window
+    time_zone: str = "UTC"                # the station's
 
 
 @dataclass(slots=True)
@@ -95,17 +97,25 @@ async def _cutoffs(db: asyncpg.Pool, ports: Sequence[PortRef], lo: datetime) -> 
     return out
 
 
-# Ports carry the number of their hours group; each group's closed hours are one multirange.
+# The roll-up part: quarter hours over ranges (up to two per port), whole station-local days
+# over the middle of the range where the report's buckets are made of such days. Ports carry
+# the number of their hours group; each group's closed hours are one multirange.
 _ROLLED_SQL = """
-WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $8::int[]) AS v(cp, evse, cut, g)),
+WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::timestamptz[], $5::int[])
+           AS v(cp, evse, lo, hi, g)),
+dv AS (SELECT * FROM unnest($9::text[], $10::int[], $11::date[], $12::date[]) AS dv(cp, evse, lo, hi)),
 closed AS (SELECT g, range_agg(tstzrange(s, e)) AS mr
-           FROM unnest($6::timestamptz[], $7::timestamptz[], $9::int[]) AS c(s, e, g) GROUP BY g)
-SELECT width_bucket(r.bucket, $5::timestamptz[]) AS i,
-       sum(r.occupied_s)::float8 AS occ, sum(r.charging_s)::float8 AS chg
-FROM port_state_15m r JOIN v ON r.charge_point_id = v.cp AND r.evse_id = v.evse
-LEFT JOIN closed ON closed.g = v.g
-WHERE r.bucket >= $4 AND r.bucket < v.cut AND NOT COALESCE(closed.mr @> r.bucket, false)
-GROUP BY 1
+           FROM unnest($6::timestamptz[], $7::timestamptz[], $8::int[]) AS c(s, e, g) GROUP BY g),
+q AS (
+    SELECT r.bucket AS t, r.occupied_s::float8 AS occ, r.charging_s::float8 AS chg
+    FROM port_state_15m r JOIN v ON r.charge_point_id = v.cp AND r.evse_id = v.evse
+    LEFT JOIN closed ON closed.g = v.g
+    WHERE r.bucket >= v.lo AND r.bucket < v.hi AND NOT COALESCE(closed.mr @> r.bucket, false)
+    UNION ALL
+    SELECT d.day::timestamp AT TIME ZONE $14, d.occupied_s, d.charging_s
+    FROM port_state_day d JOIN dv ON d.charge_point_id = dv.cp AND d.evse_id = dv.evse
+    WHERE d.day >= dv.lo AND d.day < dv.hi AND d.time_zone = $14)
+SELECT width_bucket(q.t, $13::timestamptz[]) AS i, sum(q.occ) AS occ, sum(q.chg) AS chg FROM q GROUP BY 1
 """
 
 # Post-charge idle percentiles over the roll-up's spans plus the spans computed from raw rows.
@@ -136,8 +146,35 @@ GROUP BY GROUPING SETS ((1), ())
 """
 
 
+def _rolled_ranges(ports: Sequence[PortRef], first: datetime, rolled_to: dict[tuple[str, int], datetime],
+                   bounds: Sequence[datetime], zone: ZoneInfo | None,
+                   ) -> tuple[list[tuple[str, int, datetime, datetime]], list[tuple[str, int, date, date]]]:
+    """Quarter-hour ranges and whole-day ranges that together cover each port's roll-up part.
+    Whole days serve only where every report boundary is a local midnight of the port's zone
+    and the station has no closed hours (days hold all 24 hours)."""
+    by_days = zone is not None and all(b.astimezone(zone).time() == time(0) for b in bounds[1:-1])
+    ranges: list[tuple[str, int, datetime, datetime]] = []
+    days: list[tuple[str, int, date, date]] = []
+    for p in ports:
+        end = rolled_to[(p.charge_point_id, p.evse_id)]
+        if end <= first:
+            continue
+        if by_days and zone is not None and p.time_zone == zone.key and not p.closed:
+            day_lo = (first - timedelta(microseconds=1)).astimezone(zone).date() + timedelta(days=1)
+            day_hi = end.astimezone(zone).date()
+            start_lo = datetime.combine(day_lo, time(0), zone).astimezone(UTC)
+            start_hi = datetime.combine(day_hi, time(0), zone).astimezone(UTC)
+            if day_lo < day_hi:
+                days.append((p.charge_point_id, p.evse_id, day_lo, day_hi))
+                ranges.append((p.charge_point_id, p.evse_id, first, start_lo))
+                ranges.append((p.charge_point_id, p.evse_id, start_hi, end))
+                continue
+        ranges.append((p.charge_point_id, p.evse_id, first, end))
+    return [r for r in ranges if r[2] < r[3]], days
+
+
 async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[datetime], *,
-                with_peak: bool = False) -> tuple[list[BucketUsage], BucketUsage]:
+                with_peak: bool = False, zone: ZoneInfo | None = None) -> tuple[list[BucketUsage], BucketUsage]:
     """Figures per report bucket [bounds[i], bounds[i+1]) over ``ports``, and over the whole window."""
     lo, hi = bounds[0], bounds[-1]
     out = [BucketUsage(s, e, ports=len(ports)) for s, e in itertools.pairwise(bounds)]
@@ -159,12 +196,16 @@ async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[dat
     keys = [(p.charge_point_id, p.evse_id) for p in ports]
     # Roll-up part of each port: [first, min(cut, last)).
     rolled_to = {k: max(first, min(cut[k], last)) for k in keys}
-    cps, evses, cuts = [k[0] for k in keys], [k[1] for k in keys], [rolled_to[k] for k in keys]
+    cps, evses = [k[0] for k in keys], [k[1] for k in keys]
     lower = list(bounds[:-1])
     closed_rows = [(c, group_of[hours]) for hours in groups for c in hours]
-    for r in await db.fetch(_ROLLED_SQL, cps, evses, cuts, first, lower, [c[0][0] for c in closed_rows],
-                            [c[0][1] for c in closed_rows], [group_of[closed_of[k]] for k in keys],
-                            [c[1] for c in closed_rows]):
+    ranges, days = _rolled_ranges(ports, first, rolled_to, bounds, zone)
+    for r in await db.fetch(
+            _ROLLED_SQL, [x[0] for x in ranges], [x[1] for x in ranges], [x[2] for x in ranges],
+            [x[3] for x in ranges], [group_of[closed_of[(x[0], x[1])]] for x in ranges],
+            [c[0][0] for c in closed_rows], [c[0][1] for c in closed_rows], [c[1] for c in closed_rows],
+            [d[0] for d in days], [d[1] for d in days], [d[2] for d in days], [d[3] for d in days],
+            lower, zone.key if zone else "UTC"):
         if 1 <= r["i"] <= len(out):
             out[r["i"] - 1].occupied_s += r["occ"]
             out[r["i"] - 1].charging_s += r["chg"]

@@ -15,6 +15,18 @@ CREATE TABLE port_state_15m (
 -- Sparse: a bucket with neither occupancy nor charging has no row.
 SELECT create_hypertable('port_state_15m', by_range('bucket', INTERVAL '30 days'));
 
+-- The same per station-local day (the station's IANA zone when the day was rolled up):
+-- day, week and month reports over many ports read a row per port and day.
+CREATE TABLE port_state_day (
+    charge_point_id text NOT NULL,
+    evse_id         integer NOT NULL,
+    day             date NOT NULL,
+    time_zone       text NOT NULL,
+    occupied_s      double precision NOT NULL,
+    charging_s      double precision NOT NULL,
+    PRIMARY KEY (charge_point_id, evse_id, day)
+);
+
 -- One row per finished occupancy (plug-in → plug-out): post-charge idle and session length.
 CREATE TABLE port_occupancy_spans (
     charge_point_id text NOT NULL,
@@ -44,6 +56,10 @@ CREATE TABLE port_state_watermark (
     singleton    boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     rolled_until timestamptz NOT NULL
 );
+
+-- A year of status history in 13 chunks rather than 52: per-port look-ups (the latest status
+-- before a moment, the row after an outage) visit every chunk's index once per look-up.
+SELECT set_chunk_time_interval('connector_status', INTERVAL '28 days');
 
 -- Uptime reads only the outage rows of a port (and the row after each): sparse by design.
 CREATE INDEX connector_status_down_idx ON connector_status (charge_point_id, evse_id, time)
