@@ -73,7 +73,9 @@ class PortMinutes:
 
 
 def _state_spans(rows: Sequence[tuple[datetime, str]], wanted: frozenset[str], until: datetime) -> list[Interval]:
-    out = []
+    out: list[Interval] = []
+    if not rows:
+        return out
     for (moment, state), nxt in zip(rows, [*rows[1:], None], strict=True):
         end = nxt[0] if nxt is not None else until
         if state in wanted:

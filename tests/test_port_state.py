@@ -59,6 +59,12 @@ def test_last_state_lasts_until_the_window_end() -> None:
     assert result.spans == []
 
 
+def test_a_port_without_rows_has_no_minutes() -> None:
+    assert port_minutes(PortHistory(statuses=[]), (at(0), at(1))).buckets == {}
+    history = PortHistory(statuses=[], transactions=[[]])
+    assert port_minutes(history, (at(0), at(1))).spans == []
+
+
 def test_201_charging_comes_from_transaction_events() -> None:
     history = PortHistory(
         statuses=[(at(8), "Available"), (at(9), "Occupied"), (at(11), "Available")],
