@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, HttpUrl, model_validator
 
 from csms.api_utilization import build_utilization_router
 from csms.reporting import FORMULA_VERSION, evchart
-from csms.reporting.fleet import aggregate, fleet_ports, fleet_uptime
+from csms.reporting.fleet import aggregate, fleet_ports, fleet_uptime, fleet_uptime_windows
 from csms.reporting.hours import opening_intervals
 from csms.reporting.queries import PortInfo, exclusions, port_info, port_timeline
 from csms.reporting.uptime import EXCLUSION_REASONS, Exclusion, Outage, UptimeResult, nevi_window, uptime
@@ -208,18 +208,15 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
     async def evchart_module_3(year: Year, quarter: Quarter, network_provider: Provider = "other",
                                offline_grace_s: Grace = 0) -> Response:
         """EV-ChART module 3: per port, three rows — the trailing-12-month NEVI uptime at each month of the quarter."""
-        ports = await fleet_ports(db())
-        by_month = {}
-        for month in range(3 * (quarter - 1) + 1, 3 * quarter + 1):
-            window = nevi_window(f"{year}-{month:02d}", "UTC")
-            by_month[month] = (window, await fleet_uptime(db(), ports, "nevi", _fixed(_until_now(window)),
-                                                           offline_grace_s=offline_grace_s))
+        windows = [_until_now(nevi_window(f"{year}-{month:02d}", "UTC"))
+                   for month in range(3 * (quarter - 1) + 1, 3 * quarter + 1)]
+        labels = [nevi_window(f"{year}-{month:02d}", "UTC") for month in range(3 * (quarter - 1) + 1, 3 * quarter + 1)]
         rows = []
-        for i, port in enumerate(ports):
-            for window, results in by_month.values():
-                result = results[i][1]
-                rows.append((port.station_id, port.uid, network_provider, evchart.evchart_time(window[0]),
-                             evchart.evchart_time(window[1]), evchart.decimal2(result.uptime_pct),
+        for port, per_window in await fleet_uptime_windows(db(), await fleet_ports(db()), "nevi", windows,
+                                                           offline_grace_s=offline_grace_s):
+            for label, (result, _) in zip(labels, per_window, strict=True):
+                rows.append((port.station_id, port.uid, network_provider, evchart.evchart_time(label[0]),
+                             evchart.evchart_time(label[1]), evchart.decimal2(result.uptime_pct),
                              evchart.decimal2(result.t_outage_min), evchart.decimal2(result.t_excluded_min)))
         return _csv(evchart.to_csv(evchart.MODULE_3, rows), f"module3_{year}_Q{quarter}.csv")
 

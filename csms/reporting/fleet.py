@@ -89,22 +89,39 @@ async def fleet_uptime(db: asyncpg.Pool, ports: Sequence[FleetPort], method: str
         by_window.setdefault(window_of(port.info), []).append(port)
     results: dict[PortKey, tuple[FleetPort, UptimeResult, list[Exclusion]]] = {}
     for window, group in by_window.items():
-        for i in range(0, len(group), BATCH_PORTS):
-            batch = group[i:i + BATCH_PORTS]
-            keys = [p.key for p in batch]
-            timelines = await port_timelines(db, keys, window)
-            excl = await exclusions_for(db, keys, window)
-            opening: dict[tuple[str, str], list[Interval]] = {}
-            for port in batch:
-                sig = (json.dumps(port.info.opening_hours, sort_keys=True), port.info.time_zone)
+        for port, [(result, applied)] in await fleet_uptime_windows(
+                db, group, method, [window], offline_grace_s=offline_grace_s, offline_counts=offline_counts):
+            results[port.key] = (port, result, applied)
+    return [results[p.key] for p in ports]
+
+
+async def fleet_uptime_windows(db: asyncpg.Pool, ports: Sequence[FleetPort], method: str,
+                               windows: Sequence[Interval], *, offline_grace_s: int = 0, offline_counts: bool = True,
+                               ) -> list[tuple[FleetPort, list[tuple[UptimeResult, list[Exclusion]]]]]:
+    """Each port's uptime in each of ``windows`` (e.g. the three trailing-12-month windows of a
+    quarter), from one read of the span covering them all: the sparse timeline of the whole span
+    holds every outage and the status in force at any moment inside it."""
+    whole = (min(w[0] for w in windows), max(w[1] for w in windows))
+    out = []
+    for i in range(0, len(ports), BATCH_PORTS):
+        batch = ports[i:i + BATCH_PORTS]
+        keys = [p.key for p in batch]
+        timelines = await port_timelines(db, keys, whole)
+        excl = await exclusions_for(db, keys, whole)
+        opening: dict[tuple[str, str, Interval], list[Interval]] = {}
+        for port in batch:
+            per_window = []
+            for window in windows:
+                sig = (json.dumps(port.info.opening_hours, sort_keys=True), port.info.time_zone, window)
                 if sig not in opening:
                     opening[sig] = opening_intervals(port.info.opening_hours, port.info.time_zone, window)
-                applied = excl.get(port.key, [])
+                applied = [e for e in excl.get(port.key, []) if e.start < window[1] and e.end > window[0]]
                 result = uptime(method=method, timeline=timelines[port.key], window=window, opening=opening[sig],
                                 exclusions=applied, operational_since=port.info.operational_since,
                                 offline_grace=timedelta(seconds=offline_grace_s), offline_counts=offline_counts)
-                results[port.key] = (port, result, applied)
-    return [results[p.key] for p in ports]
+                per_window.append((result, applied))
+            out.append((port, per_window))
+    return out
 
 
 def aggregate(results: Sequence[UptimeResult]) -> dict[str, object]:
