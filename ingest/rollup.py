@@ -16,13 +16,13 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from schemas.port_state import floor_bucket, load_histories, port_minutes
+from schemas.port_state import FAILED_STOP_REASONS, MIN_SUCCESS_WH, floor_bucket, load_histories, port_minutes
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +100,29 @@ def _local_midnight(moment: datetime, zone: str) -> datetime:
     return datetime.combine(local.date(), datetime.min.time(), ZoneInfo(zone)).astimezone(UTC)
 
 
+# Days are recomputed from a local midnight two days before the roll-up's start for the port:
+# a StopTransaction marks its own time, and the session's energy counts on its start day.
+SESSION_DAYS_BACK = 2
 _DAYS_SQL = """
-WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[]) AS v(cp, evse, f, tz))
-INSERT INTO port_state_day (charge_point_id, evse_id, day, time_zone, occupied_s, charging_s)
-SELECT r.charge_point_id, r.evse_id, (r.bucket AT TIME ZONE v.tz)::date, v.tz, sum(r.occupied_s), sum(r.charging_s)
-FROM port_state_15m r JOIN v ON r.charge_point_id = v.cp AND r.evse_id = v.evse
-WHERE r.bucket >= v.f AND r.bucket < $5
-GROUP BY 1, 2, 3, 4
+WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[]) AS v(cp, evse, f, tz)),
+minutes AS (
+    SELECT r.charge_point_id AS cp, r.evse_id AS evse, (r.bucket AT TIME ZONE v.tz)::date AS day, v.tz,
+           sum(r.occupied_s) AS occ, sum(r.charging_s) AS chg
+    FROM port_state_15m r JOIN v ON r.charge_point_id = v.cp AND r.evse_id = v.evse
+    WHERE r.bucket >= v.f AND r.bucket < $5 GROUP BY 1, 2, 3, 4),
+sessions AS (
+    SELECT t.charge_point_id AS cp, t.evse_id AS evse, (t.started_at AT TIME ZONE v.tz)::date AS day, v.tz,
+           count(*) AS n,
+           count(*) FILTER (WHERE COALESCE(t.energy_wh, 0) >= $6 AND NOT (COALESCE(t.stop_reason, '') = ANY($7)))
+               AS ok,
+           COALESCE(sum(t.energy_wh), 0)::float8 AS wh
+    FROM transactions t JOIN v ON t.charge_point_id = v.cp AND t.evse_id = v.evse
+    WHERE t.started_at >= v.f AND t.started_at < $5 GROUP BY 1, 2, 3, 4)
+INSERT INTO port_state_day (charge_point_id, evse_id, day, time_zone, occupied_s, charging_s, sessions, successes,
+                            energy_wh)
+SELECT COALESCE(m.cp, s.cp), COALESCE(m.evse, s.evse), COALESCE(m.day, s.day), COALESCE(m.tz, s.tz),
+       COALESCE(m.occ, 0), COALESCE(m.chg, 0), COALESCE(s.n, 0), COALESCE(s.ok, 0), COALESCE(s.wh, 0)
+FROM minutes m FULL JOIN sessions s ON s.cp = m.cp AND s.evse = m.evse AND s.day = m.day
 """
 
 
@@ -141,12 +157,13 @@ async def _recompute(conn: asyncpg.Connection | PoolConnectionProxy, ports: list
                 columns=["charge_point_id", "evse_id", "ended_at", "started_at", "charging_s", "post_charge_idle_s"])
         # Station-local days, whole: from the local midnight before each port's recompute start.
         tzs = [zones[(p[0], p[1])] for p in ports]
-        midnights = [_local_midnight(p[2], tz) for p, tz in zip(ports, tzs, strict=True)]
+        midnights = [_local_midnight(p[2] - timedelta(days=SESSION_DAYS_BACK), tz)
+                     for p, tz in zip(ports, tzs, strict=True)]
         await conn.execute(
             """DELETE FROM port_state_day r USING unnest($1::text[], $2::int[], $3::date[]) AS v(cp, evse, d)
                WHERE r.charge_point_id = v.cp AND r.evse_id = v.evse AND r.day >= v.d""",
             cps, evses, [m.astimezone(ZoneInfo(tz)).date() for m, tz in zip(midnights, tzs, strict=True)])
-        await conn.execute(_DAYS_SQL, cps, evses, midnights, tzs, until)
+        await conn.execute(_DAYS_SQL, cps, evses, midnights, tzs, until, MIN_SUCCESS_WH, sorted(FAILED_STOP_REASONS))
     return len(bucket_rows), len(span_rows)
 
 

@@ -194,8 +194,8 @@ class TimescaleWriter:
                 logs.append((ev.time, ev.charge_point_id, ev.action, ev.payload, ev.digest, ev.received_at))
             else:
                 txs.append(ev)
-                if ev.seq_no is not None:  # 2.0.1: chargingState spans; the EVSE is often not repeated
-                    _mark(dirty, ev.charge_point_id, 0, ev.time)
+                # Sessions per day, and 2.0.1 chargingState spans; the EVSE is often not repeated.
+                _mark(dirty, ev.charge_point_id, 0, ev.time)
         result = WriteResult()
         async with self._pool.acquire() as conn, conn.transaction():
             for table, rows in (("meter_samples", meter), ("connector_status", status),

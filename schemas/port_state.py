@@ -26,6 +26,10 @@ BUCKET = timedelta(minutes=15)
 # An occupancy longer than this is not looked back for: its start is cut here.
 LOOKBACK = timedelta(days=7)
 OCCUPIED = frozenset({"Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing", "Occupied"})
+# Session success (reporting.md §5.4): at least min_success_kwh = 0.5 and none of these stop reasons.
+MIN_SUCCESS_WH = 500
+FAILED_STOP_REASONS = frozenset({"EmergencyStop", "PowerLoss", "HardReset", "SoftReset", "Reboot", "GroundFault",
+                                 "OvercurrentFault", "PowerQuality"})
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 PortKey = tuple[str, int]

@@ -24,6 +24,9 @@ from zoneinfo import ZoneInfo
 SOLAR_START = time(9, 0)
 SOLAR_END = time(16, 0)
 QuarterConvention = Literal["calendar", "fiscal_in"]
+# Sessions that started this long before a period are read for it; older ones are not (they would make
+# every statement scan the whole transactions table for the rare session that never ended).
+LOOKBACK = timedelta(days=31)
 
 ATTRIBUTION = (
     "Energy.Active.Import.Register of each transaction: meterStart at its start, the outlet register samples "
@@ -34,9 +37,11 @@ ATTRIBUTION = (
     "duration). The part that flowed in [09:00, 16:00) station-local time (the location's IANA time zone, "
     "wall clock, DST-aware) is solar, the rest non-solar; only the part that flowed inside the period counts, "
     "so a session crossing a quarter boundary is split between the quarters. Sessions are counted in the "
-    "period in which they started; sessions_carried_in started earlier and delivered energy in the period. "
-    "Open sessions count up to their latest reading. Sessions that started more than 31 days before the "
-    "period are not read."
+    "period in which they started; sessions_carried_in started earlier and were still running when it began. "
+    "Open sessions count up to their latest reading. Sessions that started more than "
+    f"{LOOKBACK.days} days before the period are not read. energy_kwh = solar_kwh + non_solar_kwh, each "
+    "rounded half up to the watt-hour; land_share_amount = energy_kwh x rate, rounded half up to 0.01; "
+    "totals add up the sites' figures."
 )
 
 

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from schemas.port_state import FAILED_STOP_REASONS, MIN_SUCCESS_WH
+
 MODULE_2 = ("station_id", "port_id", "network_provider", "charger_id", "session_id", "connector_id",
             "session_start", "session_end", "session_error", "error_other", "energy_kwh", "power_kw",
             "payment_method", "payment_other")
@@ -17,9 +19,6 @@ MODULE_3 = ("station_id", "port_id", "network_provider", "uptime_reporting_start
 MODULE_4 = ("station_id", "port_id", "network_provider", "outage_id", "outage_duration")
 MODULE_4_EXCLUSIONS = (*MODULE_4, "excluded_outage", "excluded_outage_reason", "excluded_outage_notes")
 
-# Stop reasons that make a session unsuccessful (reporting.md §5.4 "Session success").
-FAILED_STOP_REASONS = frozenset({"EmergencyStop", "PowerLoss", "HardReset", "SoftReset", "Reboot", "GroundFault",
-                                 "OvercurrentFault", "PowerQuality"})
 
 # OCPP id-token type → payment method vocabulary (reporting.md §6).
 PAYMENT_METHODS = {"ISO14443": "rfid_membership", "ISO15693": "rfid_membership", "Local": "rfid_membership",
@@ -56,6 +55,6 @@ def quarter_bounds(year: int, quarter: int) -> tuple[datetime, datetime]:
 def session_error(stop_reason: str | None, energy_kwh: float | None) -> str:
     if stop_reason in FAILED_STOP_REASONS:
         return stop_reason or ""
-    if energy_kwh is not None and energy_kwh < 0.5:  # min_success_kwh (reporting.md §5.4)
+    if energy_kwh is not None and energy_kwh * 1000 < MIN_SUCCESS_WH:  # reporting.md §5.4
         return "NoEnergyDelivered"
     return ""

@@ -25,11 +25,17 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from csms.reporting.evchart import FAILED_STOP_REASONS
 from schemas.intervals import Interval
-from schemas.port_state import BUCKET, PortHistory, ceil_bucket, floor_bucket, load_histories, port_minutes
-
-MIN_SUCCESS_WH = 500  # min_success_kwh = 0.5 (reporting.md §5.4)
+from schemas.port_state import (
+    BUCKET,
+    FAILED_STOP_REASONS,
+    MIN_SUCCESS_WH,
+    PortHistory,
+    ceil_bucket,
+    floor_bucket,
+    load_histories,
+    port_minutes,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,15 +140,24 @@ FROM x WHERE x.ended_at < $8
 GROUP BY GROUPING SETS ((1), ())
 """
 
+# Sessions by start: from the transactions over each port's ranges, and per station-local
+# day from the roll-up where whole days serve.
 _SESSIONS_SQL = """
-WITH v AS (SELECT * FROM unnest($1::text[], $2::int[]) AS v(cp, evse))
-SELECT width_bucket(t.started_at, $3::timestamptz[]) AS i, count(*) AS n,
-       count(*) FILTER (WHERE COALESCE(t.energy_wh, 0) >= $6 AND NOT (COALESCE(t.stop_reason, '') = ANY($7::text[])))
-           AS ok,
-       COALESCE(sum(t.energy_wh), 0)::float8 / 1000 AS kwh
-FROM transactions t JOIN v ON t.charge_point_id = v.cp AND t.evse_id = v.evse
-WHERE t.started_at >= $4 AND t.started_at < $5
-GROUP BY GROUPING SETS ((1), ())
+WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::timestamptz[]) AS v(cp, evse, lo, hi)),
+dv AS (SELECT * FROM unnest($5::text[], $6::int[], $7::date[], $8::date[]) AS dv(cp, evse, lo, hi)),
+q AS (
+    SELECT t.started_at AS t, 1 AS n,
+           (COALESCE(t.energy_wh, 0) >= $9 AND NOT (COALESCE(t.stop_reason, '') = ANY($10::text[])))::int AS ok,
+           COALESCE(t.energy_wh, 0)::float8 AS wh
+    FROM transactions t JOIN v ON t.charge_point_id = v.cp AND t.evse_id = v.evse
+    WHERE t.started_at >= v.lo AND t.started_at < v.hi
+    UNION ALL
+    SELECT d.day::timestamp AT TIME ZONE $12, d.sessions, d.successes, d.energy_wh
+    FROM port_state_day d JOIN dv ON d.charge_point_id = dv.cp AND d.evse_id = dv.evse
+    WHERE d.day >= dv.lo AND d.day < dv.hi AND d.time_zone = $12)
+SELECT width_bucket(q.t, $11::timestamptz[]) AS i, COALESCE(sum(q.n), 0)::int AS n,
+       COALESCE(sum(q.ok), 0)::int AS ok, COALESCE(sum(q.wh), 0) / 1000 AS kwh
+FROM q GROUP BY GROUPING SETS ((1), ())
 """
 
 
@@ -171,6 +186,23 @@ def _rolled_ranges(ports: Sequence[PortRef], first: datetime, rolled_to: dict[tu
                 continue
         ranges.append((p.charge_point_id, p.evse_id, first, end))
     return [r for r in ranges if r[2] < r[3]], days
+
+
+def _session_ranges(ports: Sequence[PortRef], lo: datetime, hi: datetime,
+                    days: Sequence[tuple[str, int, date, date]], zone: ZoneInfo | None,
+                    ) -> list[tuple[str, int, datetime, datetime]]:
+    """The window minus each port's whole days (whose sessions the roll-up has counted)."""
+    by_port = {(d[0], d[1]): d for d in days}
+    out = []
+    for p in ports:
+        key = (p.charge_point_id, p.evse_id)
+        if key in by_port and zone is not None:
+            _, _, day_lo, day_hi = by_port[key]
+            out.append((*key, lo, datetime.combine(day_lo, time(0), zone).astimezone(UTC)))
+            out.append((*key, datetime.combine(day_hi, time(0), zone).astimezone(UTC), hi))
+        else:
+            out.append((*key, lo, hi))
+    return [r for r in out if r[2] < r[3]]
 
 
 async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[datetime], *,
@@ -232,7 +264,11 @@ async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[dat
         target = total if r["i"] is None else out[r["i"] - 1] if 1 <= r["i"] <= len(out) else None
         if target is not None:
             target.median_idle_s, target.p90_idle_s = r["p50"], r["p90"]
-    for r in await db.fetch(_SESSIONS_SQL, cps, evses, lower, lo, hi, MIN_SUCCESS_WH, sorted(FAILED_STOP_REASONS)):
+    tx_ranges = _session_ranges(ports, lo, hi, days, zone)
+    for r in await db.fetch(_SESSIONS_SQL, [x[0] for x in tx_ranges], [x[1] for x in tx_ranges],
+                            [x[2] for x in tx_ranges], [x[3] for x in tx_ranges], [d[0] for d in days],
+                            [d[1] for d in days], [d[2] for d in days], [d[3] for d in days], MIN_SUCCESS_WH,
+                            sorted(FAILED_STOP_REASONS), lower, zone.key if zone else "UTC"):
         target = total if r["i"] is None else out[r["i"] - 1] if 1 <= r["i"] <= len(out) else None
         if target is not None:
             target.sessions, target.successes, target.energy_kwh = r["n"], r["ok"], r["kwh"]

@@ -22,8 +22,12 @@ CREATE TABLE port_state_day (
     evse_id         integer NOT NULL,
     day             date NOT NULL,
     time_zone       text NOT NULL,
-    occupied_s      double precision NOT NULL,
-    charging_s      double precision NOT NULL,
+    occupied_s      double precision NOT NULL DEFAULT 0,
+    charging_s      double precision NOT NULL DEFAULT 0,
+    -- sessions that started that day: how many, how many succeeded, their energy
+    sessions        integer NOT NULL DEFAULT 0,
+    successes       integer NOT NULL DEFAULT 0,
+    energy_wh       double precision NOT NULL DEFAULT 0,
     PRIMARY KEY (charge_point_id, evse_id, day)
 );
 
