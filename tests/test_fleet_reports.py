@@ -12,7 +12,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -175,9 +174,11 @@ def check_by_hand(raw: dict[str, Any], late: dict[str, Any]) -> None:
     nov2 = days[1]
     assert (nov2["occupied_min"], nov2["charging_min"], nov2["idle_min"]) == (205, 145, 60)  # 135 + 70, 105 + 40
     assert (nov2["u_occupied_pct"], nov2["u_charging_pct"], nov2["u_idle_pct"]) == (6.83, 4.83, 2.0)
-    assert nov2["sessions"] == 2 and nov2["peak_concurrency"] == 2
+    assert nov2["sessions"] == 2
+    assert nov2["peak_concurrency"] == 2
     assert (nov2["median_post_charge_idle_min"], nov2["p90_post_charge_idle_min"]) == (15, 20)
-    assert days[0]["occupied_min"] == 0 and days[0]["peak_concurrency"] == 0
+    assert days[0]["occupied_min"] == 0
+    assert days[0]["peak_concurrency"] == 0
     assert raw["station_days"]["occupied_min"] == 205                        # totals over the window
     assert len(raw["station_hours"]["buckets"]) == 25
     port = raw["port"]
@@ -186,23 +187,28 @@ def check_by_hand(raw: dict[str, Any], late: dict[str, Any]) -> None:
     # Network: recomputed from minutes, not averaged from the stations' percentages.
     net = raw["network_calendar"]
     assert (net["ports"], net["avail_min"], net["occupied_min"]) == (3, 4320, 325)
-    assert net["u_occupied_pct"] == 7.52                                      # 325 / 4320; stations: 7.12 and 8.33
+    assert net["u_occupied_pct"] == 7.52                                      # 325 / 4320; stations: 7.12
+    assert 8.33
     assert net["peak_concurrency"] is None
     hours = raw["network_hours"]                                             # India open 09:00–21:00 IST only
     assert (hours["avail_min"], hours["occupied_min"], hours["u_occupied_pct"]) == (2880 + 720, 325, 9.03)
     assert sum(b["occupied_min"] for b in hours["buckets"]) == 325
     # Station-local days: "11-02" is 2 November at each station (25 hours in Los Angeles).
     local = {b["bucket_start_local"]: b for b in raw["network_local_days"]["buckets"]}
-    assert local["2025-11-02"]["occupied_min"] == 325 and local["2025-11-02"]["ports"] == 3
+    assert local["2025-11-02"]["occupied_min"] == 325
+    assert local["2025-11-02"]["ports"] == 3
     assert local["2025-11-02"]["avail_min"] == 2 * 1500 + 1440
     assert raw["network_local_days"]["occupied_min"] == 325
     slots = {(s["weekday"], s["hour"]): s for s in raw["profile"]["slots"]}
-    assert slots[(7, 10)]["u_occupied_pct"] == 100 and slots[(7, 11)]["u_charging_pct"] == 100  # Sunday IST
-    assert slots[(7, 8)]["avail_min"] == 0 and slots[(7, 12)]["u_occupied_pct"] == 0
+    assert slots[(7, 10)]["u_occupied_pct"] == 100
+    assert slots[(7, 11)]["u_charging_pct"] == 100  # Sunday IST
+    assert slots[(7, 8)]["avail_min"] == 0
+    assert slots[(7, 12)]["u_occupied_pct"] == 0
     # Uptime: one 60-minute fault on LA16 in 2 × 1,440 minutes.
     station = {g["group"]: g for g in raw["uptime_station"]["groups"]}
     assert station["LOC-LA"]["uptime_pct"] == round((5760 - 60) / 5760 * 100, 2)
-    assert station["LOC-LA"]["t_outage_min"] == 60 and station["LOC-IN"]["uptime_pct"] == 100
+    assert station["LOC-LA"]["t_outage_min"] == 60
+    assert station["LOC-IN"]["uptime_pct"] == 100
     [network] = raw["uptime_network"]["groups"]
     assert (network["ports"], network["uptime_pct"]) == (3, round((8640 - 60) / 8640 * 100, 2))
     assert {g["group"]: g["uptime_pct"] for g in raw["uptime_port"]["groups"]} == {

@@ -3,6 +3,7 @@ pure arithmetic, no sockets."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -91,7 +92,7 @@ def test_day_buckets_on_dst_changes() -> None:
     start = datetime(2025, 11, 1, tzinfo=la).astimezone(UTC)
     end = datetime(2025, 11, 4, tzinfo=la).astimezone(UTC)
     bounds = report_bounds((start, end), "day", la)
-    assert [(b - a).total_seconds() / 3600 for a, b in zip(bounds, bounds[1:], strict=False)] == [24, 25, 24]
+    assert [(b - a).total_seconds() / 3600 for a, b in itertools.pairwise(bounds)] == [24, 25, 24]
     spring = datetime(2025, 3, 9, tzinfo=la).astimezone(UTC)
     bounds = report_bounds((spring, spring + timedelta(hours=23)), "hour", la)
     assert len(bounds) - 1 == 23

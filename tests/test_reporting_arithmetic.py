@@ -9,9 +9,9 @@ import pytest
 
 from csms.reporting import round2
 from csms.reporting.hours import local_day_bounds, opening_intervals
-from schemas.intervals import intersect, merge, minutes, subtract
 from csms.reporting.uptime import Exclusion, PortTimeline, StatusChange, nevi_window, outages, uptime
 from csms.reporting.utilization import Port, Session, utilization
+from schemas.intervals import intersect, merge, minutes, subtract
 
 DAY_HOURS = {"twentyfourseven": False,
              "regular_hours": [{"weekday": d, "period_begin": "06:00", "period_end": "22:00"} for d in range(1, 8)]}
