@@ -5,6 +5,8 @@
     csms ingest     ingest worker, MQTT → TimescaleDB (production role)
     csms migrate    apply the SQL migrations and exit
     csms db-url     print the URL of the database in use (embedded or configured)
+    csms simulate   simulated OCPP chargers against any OCPP-J URL (load, demos)
+    csms run --demo the embedded system with a small simulated fleet in the same process
     csms charge-points|locations|id-tokens …   registry administration
 """
 
@@ -27,6 +29,7 @@ from csms.app import CentralSystem, migrate, run_ingest, run_until_stopped
 from csms.embedded_pg import EmbeddedPostgres
 from csms.errors import CsmsError
 from csms.logging_setup import configure_logging
+from csms.simulate.command import add_simulate_command, run_simulate
 from schemas.settings import SETTINGS_FIELDS, Settings, SettingsError, add_setting_flags, load_settings
 
 logger = logging.getLogger("csms")
@@ -47,7 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in ROLES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_setting_flags(p, role=name)
+        if name == "run":
+            p.add_argument("--demo", action="store_true",
+                           help="also run a small simulated fleet (3 locations, 15 chargers) in this process")
+            p.add_argument("--demo-history-days", type=float, default=2.0,
+                           help="days of history the demo fleet writes first, in fast-forward (default 2; "
+                                "only when the demo chargers have no data yet)")
     add_admin_commands(sub)
+    add_simulate_command(sub)
     return parser
 
 
@@ -80,6 +90,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     command: str = args.command
     if command == "db-url":
         return _db_url(settings)
+    if command == "simulate":
+        configure_logging(settings.log_level)
+        return run_simulate(args, settings)
     if command in ADMIN_COMMANDS:
         configure_logging("WARNING")
         try:
@@ -92,6 +105,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if command in ("run", "serve"):
             def central(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
                 system = CentralSystem(settings, embedded=command == "run")
+                if command == "run" and args.demo:
+                    from csms.simulate.demo import DemoFleet
+
+                    demo = DemoFleet(system, history_days=args.demo_history_days)
+                    # The fleet starts after the system and stops before it (before chargers are closed).
+                    return run_until_stopped(demo.start_all, demo.stop_all, stop)
                 return run_until_stopped(system.start, system.stop, stop)
             _run_async(central)
         elif command == "ingest":
