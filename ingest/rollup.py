@@ -177,5 +177,9 @@ async def rollup_loop(pool: asyncpg.Pool, *, interval_s: float, stop: asyncio.Ev
                                interval_s)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             logger.warning("roll-up failed, will retry: %s", exc)
+        except Exception:
+            # A bug in one refresh must not end the loop for good (reports would then compute
+            # ever longer tails from raw rows); it is logged loudly and retried.
+            logger.exception("roll-up failed unexpectedly, will retry")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
