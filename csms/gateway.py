@@ -234,6 +234,11 @@ class Gateway:
         self._verdicts[id(connection)] = verdict
         return None
 
+    async def _prime_open_transactions(self, state: ProtocolState) -> None:
+        """Without this, events after a reconnect that omit ``evse`` land on EVSE 0 (flagged)."""
+        for uid, evse in (await self._services.open_transactions(state.charge_point_id)).items():
+            state.remember_tx_evse(uid, evse)
+
     async def _handle(self, websocket: ServerConnection) -> None:
         verdict = self._verdicts.pop(id(websocket), None)
         cp_id = parse_charge_point_id(websocket.request.path if websocket.request else "", self._base_path)
@@ -253,6 +258,8 @@ class Gateway:
                               heartbeat_interval_s=self._limits.heartbeat_interval_s,
                               tolerant=record.tolerant or (record.vendor_model in self._tolerant_models),
                               node_id=self._node_id)
+        if version != "1.6":
+            await self._prime_open_transactions(state)
         session = OcppSession(state=state, services=self._services, validate_responses=self._validate_responses)
         conn.charger = ChargerConnection(socket=websocket, session=session, bus=self._bus, metrics=self._metrics,
                                          call_timeout_s=self._limits.call_timeout_s,

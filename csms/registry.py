@@ -7,6 +7,7 @@ data chargers send (status, samples, sessions) goes over the bus to ingest.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,8 @@ import asyncpg
 
 from csms.credentials import generate_password, hash_password
 from csms.ocpp.context import BootDecision, BootInfo, ChargePointId, IdToken, RegistrationStatus, TokenDecision
+
+logger = logging.getLogger(__name__)
 
 _ADMISSION_TO_STATUS: dict[str, RegistrationStatus] = {"accept": "Accepted", "pending": "Pending",
                                                        "reject": "Rejected"}
@@ -222,6 +225,19 @@ class DbServices:
         if row["expiry_date"] is not None and row["expiry_date"] < datetime.now(UTC):
             return TokenDecision("Expired", row["expiry_date"], row["group_id"])
         return TokenDecision(row["status"], row["expiry_date"], row["group_id"])
+
+    async def open_transactions(self, charge_point_id: ChargePointId) -> dict[str, tuple[int, int | None]]:
+        try:
+            rows = await self.pool.fetch(
+                """SELECT transaction_uid, evse_id, connector_id FROM transactions
+                   WHERE charge_point_id = $1 AND stopped_at IS NULL AND evse_id IS NOT NULL
+                     AND started_at > now() - interval '7 days'
+                   ORDER BY started_at DESC LIMIT 64""", charge_point_id)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            # Best effort: the connection goes on; such events are then flagged, not lost.
+            logger.warning("open transactions of %s not read: %s", charge_point_id, exc)
+            return {}
+        return {r["transaction_uid"]: (r["evse_id"], r["connector_id"]) for r in rows}
 
     async def allocate_transaction_id(self, charge_point_id: ChargePointId, start_key: str) -> int:
         tx_id = await self.pool.fetchval(

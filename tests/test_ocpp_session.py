@@ -67,6 +67,9 @@ class MemoryServices:
         self.authorized.append(id_token)
         return self.tokens.get(id_token, TokenDecision("Invalid"))
 
+    async def open_transactions(self, charge_point_id: ChargePointId) -> dict[str, tuple[int, int | None]]:
+        return {}
+
     async def allocate_transaction_id(self, charge_point_id: ChargePointId, start_key: str) -> int:
         key = (charge_point_id, start_key)
         if key not in self.tx_ids:

@@ -57,6 +57,10 @@ class Services(Protocol):
     async def allocate_transaction_id(self, charge_point_id: ChargePointId, start_key: str) -> int:
         """The 1.6 transactionId for a StartTransaction; the same key always gets the same id (R41)."""
 
+    async def open_transactions(self, charge_point_id: ChargePointId) -> dict[str, tuple[int, int | None]]:
+        """2.0.1 transactions still open, with their (EVSE, connector): TransactionEvents after a
+        reconnect need not repeat ``evse`` (it is required only in the first one, E01.FR.16)."""
+
 
 @dataclass
 class ProtocolState:

@@ -1,0 +1,60 @@
+"""OCPP 2.0.1: TransactionEvents after a reconnect may omit ``evse`` (required only in the
+first event of a transaction, E01.FR.16). The central system recalls the transaction's EVSE
+from the database, so the samples land on the right EVSE and no register check trips."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+import websockets
+
+from tests.central import PASSWORD, running_central
+from tests.chargers import basic_auth, iso
+
+pytestmark = pytest.mark.integration
+
+
+def _energy(wh: float, at: datetime) -> list[dict[str, Any]]:
+    return [{"timestamp": iso(at), "sampledValue": [{"value": wh, "measurand": "Energy.Active.Import.Register",
+                                                       "unitOfMeasure": {"unit": "Wh"}}]}]
+
+
+async def test_events_without_evse_after_a_reconnect_keep_their_evse(db_url: str) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    async with running_central(db_url) as central:
+        await central.register("RC1", evses=2)
+        count = 0
+
+        async def session(frames: list[tuple[str, dict[str, Any]]]) -> None:
+            nonlocal count
+            async with websockets.connect(f"{central.ws_base}/RC1", subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                                          additional_headers=basic_auth("RC1", PASSWORD)) as ws:
+                for action, payload in frames:
+                    count += 1
+                    await ws.send(json.dumps([2, f"r{count}", action, payload]))
+                    reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    assert reply[0] == 3, reply
+
+        boot = ("BootNotification", {"chargingStation": {"model": "M", "vendorName": "V"}, "reason": "PowerUp"})
+        tx = {"transactionId": "RC-TX"}
+        await session([boot, ("TransactionEvent", {
+            "eventType": "Started", "timestamp": iso(start), "triggerReason": "Authorized", "seqNo": 0,
+            "transactionInfo": {**tx, "chargingState": "Charging"}, "evse": {"id": 2, "connectorId": 1},
+            "meterValue": _energy(1000, start)})])
+        later = start + timedelta(minutes=5)
+        await session([("TransactionEvent", {   # a new connection; no evse this time
+            "eventType": "Updated", "timestamp": iso(later), "triggerReason": "MeterValuePeriodic", "seqNo": 1,
+            "transactionInfo": tx, "meterValue": _energy(2000, later)})])
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch("SELECT evse_id, value, quality_flags FROM meter_samples "
+                                "WHERE transaction_uid = 'RC-TX' ORDER BY time")
+    finally:
+        await conn.close()
+    assert [(r["evse_id"], r["value"]) for r in rows] == [(2, 1000.0), (2, 2000.0)]
+    assert all(r["quality_flags"] == 0 for r in rows)
