@@ -183,3 +183,33 @@ async def rollup_loop(pool: asyncpg.Pool, *, interval_s: float, stop: asyncio.Ev
             logger.exception("roll-up failed unexpectedly, will retry")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
+
+
+async def _refresh_once(database_url: str, now: datetime | None) -> RefreshResult:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        return await refresh(pool, now=now)
+    finally:
+        await pool.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ingest.rollup --database-url URL [--now ISO]``: one refresh, its figures as JSON
+    (the report benchmark uses it; ``csms`` does not import ``ingest``)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="bring the per-port state roll-up up to date once")
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--now", type=datetime.fromisoformat, default=None,
+                        help="roll up to the quarter hour before this moment (ISO-8601 with offset)")
+    args = parser.parse_args(argv)
+    result = asyncio.run(_refresh_once(args.database_url, args.now))
+    print(json.dumps({"ran": result.ran, "rolled_until": result.rolled_until.isoformat()
+                      if result.rolled_until else None, "ports": result.ports, "buckets": result.buckets_written,
+                      "spans": result.spans_written, "seconds": round(result.seconds, 3)}))
+    return 0 if result.ran else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,31 +1,101 @@
-"""Small runs of the benchmarks so they keep working; no timing is asserted (benchmarks
-report figures, tests do not judge wall-clock speed on a shared machine)."""
+"""A small run of the whole benchmark suite (``python -m csms.bench --quick``) so that it keeps working.
+
+No timing is asserted (benchmarks report figures; tests do not judge wall-clock speed on a
+shared machine). What is asserted: every benchmark ran without errors, every figure stands
+next to a same-run baseline with its ratio, the load was really carried (answers, stored
+rows, negotiated compression, reconnected chargers), and the report, JSON and plots exist.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from csms.bench import ocpp_throughput
+from csms.bench import suite
 
 pytestmark = pytest.mark.integration
 
-
-async def test_ocpp_benchmark_runs_and_every_answered_sample_is_stored() -> None:
-    result = await asyncio.to_thread(ocpp_throughput.run, connections=4, seconds=1.0)
-    servers = [f["server"] for f in result["figures"]]
-    assert servers == ["echo", "ocpp-lib", "csms", "csms-mqtt"]
-    assert all(f["messages"] > 0 and f["errors"] == 0 for f in result["figures"])
-    assert result["csms_samples_stored"] == result["csms_samples_expected"]
-    assert set(result["ratio_to_echo_per_core"]) == {"echo", "ocpp-lib", "csms", "csms-mqtt"}
-    assert "| csms |" in ocpp_throughput.render(result)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-async def test_ingest_benchmark_runs() -> None:
-    from ingest import bench
+@pytest.fixture(scope="module")
+async def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench")
+    data = await asyncio.to_thread(suite.run, suite.QUICK, out, log=lambda _: None)
+    return out, data
 
-    result = await bench.run(5000)
-    assert set(result["rows_per_s"]) == {"raw_copy", "writer", "bus_to_rows"}
-    assert all(v > 0 for v in result["rows_per_s"].values())
-    assert "raw COPY" in bench.render(result)
+
+def test_every_benchmark_ran(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    _, data = quick_run
+    expected = {"ocpp_throughput", "connections", "ingest", "steady_fleet", "reconnect_storm"}
+    if suite._reports_module() is not None:
+        expected.add("report_queries")
+    assert set(data["benchmarks"]) == expected
+    assert {k: v["error"] for k, v in data["benchmarks"].items() if "error" in v} == {}
+    benchmarks_with_figures = {f["benchmark"] for f in data["figures"]}
+    assert benchmarks_with_figures == expected
+
+
+def test_every_figure_has_its_baseline_and_ratio(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    _, data = quick_run
+    assert data["figures"]
+    for f in data["figures"]:
+        assert f["baseline"], f
+        assert f["value"] >= 0, f
+        assert f["baseline_value"] > 0, f
+        assert f["ratio"] == pytest.approx(f["value"] / f["baseline_value"], abs=1e-3), f
+        assert f["better"] in ("higher", "lower"), f
+    assert {g["met"] for g in data["goals"]} <= {"yes", "no"}
+    assert len(data["goals"]) >= 4
+
+
+def test_the_load_was_carried(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    _, data = quick_run
+    b = data["benchmarks"]
+    throughput = b["ocpp_throughput"]
+    assert [f["server"] for f in throughput["figures"]] == ["echo", "ocpp-lib", "csms", "csms-mqtt"]
+    assert all(f["messages"] > 0 and f["errors"] == 0 for f in throughput["figures"])
+    assert throughput["csms_samples_stored"] == throughput["csms_samples_expected"]
+
+    steps = list(suite.QUICK.hold_steps)
+    for series in b["connections"]["series"]:
+        assert [p["connections"] for p in series["points"]] == steps, series
+        negotiated = series["points"][-1]["deflate_negotiated"]
+        assert negotiated == (0 if series["deflate"] == "off" else steps[-1]), series
+
+    assert all(v > 0 for v in b["ingest"]["rows_per_s"].values())
+
+    fleet = b["steady_fleet"]
+    for name, topology in fleet["topologies"].items():
+        assert [p["chargers"] for p in topology["points"]] == list(suite.QUICK.fleet_sizes)
+        for p in topology["points"]:
+            assert p["ok"] == p["messages"] > 0, (name, p)
+            assert (p["errors"], p["unanswered"]) == (0, 0), (name, p)
+            if name != "echo":
+                # every answered MeterValues has its committed row, and a row commits after it was sent
+                assert p["rows_stored"] == p["ok"], (name, p)
+                assert 0 < p["call_row_ms"]["p50"] <= p["call_row_ms"]["p99"], (name, p)
+
+    for run in b["reconnect_storm"]["runs"].values():
+        assert run["initial_booted"] == suite.QUICK.storm_chargers
+        for storm in ("drop", "restart"):
+            assert (run[storm]["booted"], run[storm]["missing"]) == (suite.QUICK.storm_chargers, 0), run
+
+
+def test_report_json_and_plots_are_written(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    out, data = quick_run
+    assert json.loads((out / "benchmarks.json").read_text()) == json.loads(json.dumps(data))
+    md = (out / "benchmarks.md").read_text()
+    for needle in ("## Machine", "## Goals", "## Figures and their baselines", data["machine"]["cpu_model"],
+                   "PostgreSQL / TimescaleDB", "Mosquitto", "pg_xact_commit_timestamp", "bench-latency.png",
+                   "bench-rss.png"):
+        assert needle in md
+    for f in data["figures"]:
+        assert f["figure"] in md
+    for name in data["plots"].values():
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    assert set(data["plots"]) == {"rss", "latency"}

@@ -58,3 +58,22 @@ async def test_events_without_evse_after_a_reconnect_keep_their_evse(db_url: str
         await conn.close()
     assert [(r["evse_id"], r["value"]) for r in rows] == [(2, 1000.0), (2, 2000.0)]
     assert all(r["quality_flags"] == 0 for r in rows)
+
+
+async def test_deflate_is_negotiated_without_context_takeover(db_url: str) -> None:
+    """Part 4 §3.3: permessage-deflate is supported; without context takeover an idle
+    connection keeps no zlib state (memory per charger, docs/benchmarks.md)."""
+    from websockets.extensions.permessage_deflate import PerMessageDeflate
+
+    async with running_central(db_url) as central:
+        await central.register("DF1", evses=1)
+        async with websockets.connect(f"{central.ws_base}/DF1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                                      additional_headers=basic_auth("DF1", PASSWORD)) as ws:
+            [ext] = ws.protocol.extensions
+            assert isinstance(ext, PerMessageDeflate)
+            assert ext.local_no_context_takeover
+            assert ext.remote_no_context_takeover
+            await ws.send(json.dumps([2, "d1", "BootNotification", {"chargePointVendor": "V",
+                                                                    "chargePointModel": "M"}]))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert reply[0] == 3

@@ -15,10 +15,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
-def meter_values_frame(message_id: str, tx: int, energy_wh: int, at: datetime | None = None) -> str:
-    """A typical 1.6 MeterValues: 10 sampled values with context, measurand, location and unit."""
+def meter_values_frame(message_id: str, tx: int, energy_wh: int, at: datetime | None = None, *,
+                       precise: bool = False) -> str:
+    """A typical 1.6 MeterValues: 10 sampled values with context, measurand, location and unit.
+
+    The timestamp has milliseconds, as chargers send them, or microseconds with ``precise``.
+    """
     now = at or datetime.now(UTC)
-    ts = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    fraction = f"{now.microsecond:06d}" if precise else f"{now.microsecond // 1000:03d}"
+    ts = now.strftime("%Y-%m-%dT%H:%M:%S.") + fraction + "Z"
 
     def sv(value: str, measurand: str, unit: str, phase: str | None = None) -> dict[str, Any]:
         out = {"value": value, "context": "Sample.Periodic", "format": "Raw", "measurand": measurand,

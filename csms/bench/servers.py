@@ -1,10 +1,17 @@
 """Baseline servers for the OCPP throughput benchmark, run as separate processes.
 
 * ``echo``: plain websockets + json: parse the CALL, answer ``[3, id, {}]`` (the transport ceiling);
+  it also holds idle connections as the raw baseline of the connection-memory benchmark;
 * ``ocpp-lib``: the ``ocpp`` package's own v1.6 ChargePoint with a trivial MeterValues handler,
   default settings (jsonschema validation in a thread pool), as its documentation shows.
 
-Usage: python -m csms.bench.servers echo|ocpp-lib PORT
+DEFLATE (echo only): ``none`` (no permessage-deflate), ``default`` (websockets' defaults) or
+``WINDOW_BITS:MEM_LEVEL`` (the reduced windows csms.gateway negotiates, passed in by the caller),
+optionally ``:nct`` (no context takeover either way: the compression state lives only while a
+message is compressed or decompressed, so an idle connection keeps no zlib memory) or ``:snct``
+(server_no_context_takeover only: the server's compressor is per message, its decompressor stays).
+
+Usage: python -m csms.bench.servers echo|ocpp-lib PORT [DEFLATE]
 """
 
 from __future__ import annotations
@@ -15,16 +22,31 @@ import sys
 from typing import Any
 
 
-async def _echo(port: int) -> None:
+def _deflate(spec: str) -> dict[str, Any]:
+    from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+
+    if spec == "none":
+        return {"compression": None}
+    if spec == "default":
+        return {"compression": "deflate"}
+    bits, mem_level, *flags = spec.split(":")
+    return {"compression": None, "extensions": [ServerPerMessageDeflateFactory(
+        server_max_window_bits=int(bits), client_max_window_bits=int(bits),
+        server_no_context_takeover="nct" in flags or "snct" in flags, client_no_context_takeover="nct" in flags,
+        compress_settings={"memLevel": int(mem_level)})]}
+
+
+async def _echo(port: int, deflate: str) -> None:
     from websockets.asyncio.server import ServerConnection, serve
 
     async def handler(ws: ServerConnection) -> None:
         async for raw in ws:
             msg = json.loads(raw)
-            await ws.send(json.dumps([3, msg[1], {}]))
+            if msg[0] == 2:  # answer CALLs only, as a central system would
+                await ws.send(json.dumps([3, msg[1], {}]))
 
-    async with serve(handler, "127.0.0.1", port, subprotocols=["ocpp1.6"], compression=None,  # type: ignore[list-item]
-                     ping_interval=None, max_size=2**20):
+    async with serve(handler, "127.0.0.1", port, subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                     ping_interval=None, max_size=2**20, **_deflate(deflate)):
         await asyncio.Future()
 
 
@@ -61,7 +83,8 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("ocpp").setLevel(logging.CRITICAL)
     kind, port = sys.argv[1], int(sys.argv[2])
-    asyncio.run(_echo(port) if kind == "echo" else _ocpp_lib(port))
+    deflate = sys.argv[3] if len(sys.argv) > 3 else "none"
+    asyncio.run(_echo(port, deflate) if kind == "echo" else _ocpp_lib(port))
 
 
 if __name__ == "__main__":

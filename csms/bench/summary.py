@@ -1,0 +1,186 @@
+"""Headline figures (each next to its same-run baseline, as a ratio) and the goals, from the results.
+
+A figure: ``{"benchmark", "figure", "value", "unit", "baseline", "baseline_value", "ratio", "better"}``
+with ``ratio = value / baseline_value`` and ``better`` saying which direction is good.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+GOAL_THROUGHPUT_RATIO = 0.5
+GOAL_CHARGERS = 20_000
+GOAL_KIB_PER_CONNECTION = 32.0
+GOAL_INGEST_RATIO = 0.6
+GOAL_P99_CALL_ROW_MS = 1000.0
+
+
+def _figure(benchmark: str, figure: str, value: float, unit: str, baseline: str, baseline_value: float,
+            better: str) -> dict[str, Any]:
+    ratio = round(value / baseline_value, 3) if baseline_value else None
+    return {"benchmark": benchmark, "figure": figure, "value": value, "unit": unit, "baseline": baseline,
+            "baseline_value": baseline_value, "ratio": ratio, "better": better}
+
+
+def _throughput(r: dict[str, Any]) -> list[dict[str, Any]]:
+    echo = next(f for f in r["figures"] if f["server"] == "echo")
+    names = {"ocpp-lib": "`ocpp` package central system", "csms": "csms, in-process bus (answer after commit)",
+             "csms-mqtt": "csms, MQTT bus (answer after outbox fsync)"}
+    return [_figure("ocpp_throughput", f"MeterValues per server CPU-second: {names.get(f['server'], f['server'])}",
+                    f["msgs_per_cpu_s"], "msg/CPU-s", "raw websockets echo", echo["msgs_per_cpu_s"], "higher")
+            for f in r["figures"] if f["server"] != "echo"]
+
+
+def _series(r: dict[str, Any], server: str, deflate: str) -> dict[str, Any] | None:
+    return next((s for s in r["series"] if s["server"] == server and s["deflate"] == deflate), None)
+
+
+def _connections(r: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for deflate in ("on", "off"):
+        ours, raw = _series(r, "csms", deflate), _series(r, "raw", deflate)
+        if ours is None or raw is None:
+            continue
+        out.append(_figure("connections", f"connections held by one csms process, deflate {deflate}",
+                           ours["max_connections"], "connections", "raw websockets, same clients",
+                           raw["max_connections"], "higher"))
+        out.append(_figure("connections", f"RSS per connection, csms, deflate {deflate} "
+                                          f"({ours['max_connections']:,} connections)",
+                           ours["rss_per_connection_kib"], "KiB", f"raw websockets, deflate {deflate}",
+                           raw["rss_per_connection_kib"], "lower"))
+    return out
+
+
+def _ingest(r: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = r["rows_per_s"]
+    return [_figure("ingest", "idempotent writer batch (sorted COPY, de-duplicating fallback)", rows["writer"],
+                    "rows/s", "raw COPY into the same hypertable", rows["raw_copy"], "higher"),
+            _figure("ingest", "bus → rows: MQTT → ingest worker → committed", rows["bus_to_rows"], "rows/s",
+                    "raw COPY into the same hypertable", rows["raw_copy"], "higher")]
+
+
+def _steady(r: dict[str, Any]) -> list[dict[str, Any]]:
+    topologies = r["topologies"]
+    echo = {p["chargers"]: p for p in topologies.get("echo", {}).get("points", [])}
+    floor = r["commit_floor_ms"]
+    names = {"embedded": "in-process bus", "mqtt": "MQTT bus"}
+    out = []
+    for name in ("embedded", "mqtt"):
+        for p in topologies.get(name, {}).get("points", []):
+            base = echo.get(p["chargers"])
+            if base is None:
+                continue
+            n = f"{p['chargers']:,} chargers, {names[name]}"
+            out.append(_figure("steady_fleet", f"p99 CALL→CALLRESULT, {n}", p["call_result_ms"]["p99"], "ms",
+                               "raw websockets echo, same fleet", base["call_result_ms"]["p99"], "lower"))
+            out.append(_figure("steady_fleet", f"p99 CALL→row committed, {n}", p["call_row_ms"]["p99"], "ms",
+                               "echo p99 + p99 of one 10-row COPY commit",
+                               round(base["call_result_ms"]["p99"] + floor["p99"], 2), "lower"))
+    return out
+
+
+def _storm(r: dict[str, Any]) -> list[dict[str, Any]]:
+    runs = r["runs"]
+    if "csms" not in runs or "raw" not in runs:
+        return []
+    what = {"drop": "every TCP connection aborted at once, server running",
+            "restart": "server restarted (cold credential cache)"}
+    return [_figure("reconnect_storm", f"seconds until all {r['chargers']:,} chargers booted again: {what[s]}",
+                    runs["csms"][s]["all_s"] or 0.0, "s", "raw websockets server, same storm",
+                    runs["raw"][s]["all_s"] or 0.0, "lower") for s in ("drop", "restart")]
+
+
+def _reports(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each report's warm time next to one sequential scan of the status history (csms/bench/reports.py)."""
+    base = r.get("baseline_scan_s")
+    if not base:
+        return []
+    return [_figure("report_queries", f"{x['report']} (warm, {r['ports']:,} ports × {r['months']} months)",
+                    x["warm_s"], "s", "one sequential scan of the whole status history", base, "lower")
+            for x in r.get("reports", [])]
+
+
+_FIGURES = {"ocpp_throughput": _throughput, "connections": _connections, "ingest": _ingest,
+            "steady_fleet": _steady, "reconnect_storm": _storm, "report_queries": _reports}
+
+
+def figures(benchmarks: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for name, extract in _FIGURES.items():
+        result = benchmarks.get(name)
+        if isinstance(result, dict) and "error" not in result:
+            out += extract(result)
+    return out
+
+
+def _goal(goal: str, target: str, measured: str, met: bool | None, note: str = "") -> dict[str, Any]:
+    return {"goal": goal, "target": target, "measured": measured,
+            "met": "n/a" if met is None else ("yes" if met else "no"), "note": note}
+
+
+def goals(benchmarks: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    t = benchmarks.get("ocpp_throughput")
+    if isinstance(t, dict) and "ratio_to_echo_per_core" in t:
+        ratios = {k: v for k, v in t["ratio_to_echo_per_core"].items() if k.startswith("csms")}
+        cost = {f["server"]: 1e6 / f["msgs_per_cpu_s"] for f in t["figures"] if f["msgs_per_cpu_s"]}
+        out.append(_goal("OCPP messages per CSMS core (validation on, durable hand-off on)",
+                         f"≥ {GOAL_THROUGHPUT_RATIO:.0%} of the raw echo ceiling per core",
+                         ", ".join(f"{k}: {v:.0%}" for k, v in ratios.items()),
+                         all(v >= GOAL_THROUGHPUT_RATIO for v in ratios.values()) if ratios else None,
+                         "server CPU per MeterValues: " + ", ".join(f"{k} {v:,.0f} µs" for k, v in cost.items())))
+    c = benchmarks.get("connections")
+    all_series: list[dict[str, Any]] = c["series"] if isinstance(c, dict) and "series" in c else []
+    ours = next((x for x in all_series if x["server"] == "csms" and x["deflate"] == "on"), None)
+    if ours is not None:
+        held, kib = ours["max_connections"], ours["rss_per_connection_kib"]
+        notes = []
+        if held < GOAL_CHARGERS:
+            notes.append(f"a process may hold at most {GOAL_CHARGERS:,} open files on this machine, so "
+                         f"{GOAL_CHARGERS:,} connections in one process cannot be measured here; measured at {held:,}")
+        per_conn = {(x["server"], x["deflate"]): x["rss_per_connection_kib"] for x in all_series}
+        if {("raw", "on"), ("raw", "off"), ("csms", "off")} <= per_conn.keys():
+            notes.append(f"the deflate state costs {per_conn['raw', 'on'] - per_conn['raw', 'off']:.1f} KiB per "
+                         f"connection on the raw server with the same windows; csms's own state "
+                         f"{per_conn['csms', 'off'] - per_conn['raw', 'off']:.1f} KiB (csms − raw, deflate off)")
+        if ("raw", "on-nct") in per_conn:
+            notes.append(f"without context takeover the raw server holds {per_conn['raw', 'on-nct']:.1f} KiB per "
+                         "deflate connection")
+        note = "; ".join(notes)
+        out.append(_goal("chargers in one process, deflate negotiated",
+                         f"≥ {GOAL_CHARGERS:,} at ≤ {GOAL_KIB_PER_CONNECTION:.0f} KiB each",
+                         f"{held:,} held, {kib} KiB each",
+                         held >= GOAL_CHARGERS and kib <= GOAL_KIB_PER_CONNECTION, note))
+    i = benchmarks.get("ingest")
+    if isinstance(i, dict) and "ratio_to_raw_copy" in i:
+        q = i["ratio_to_raw_copy"]
+        out.append(_goal("ingest with de-duplication", f"≥ {GOAL_INGEST_RATIO:.0%} of raw COPY",
+                         f"writer {q['writer']:.0%}, bus → rows {q['bus_to_rows']:.0%}",
+                         q["writer"] >= GOAL_INGEST_RATIO and q["bus_to_rows"] >= GOAL_INGEST_RATIO))
+    s = benchmarks.get("steady_fleet")
+    if isinstance(s, dict) and "topologies" in s:
+        measured, notes, met = [], [], True
+        for name in ("embedded", "mqtt"):
+            points = s["topologies"].get(name, {}).get("points", [])
+            if points:
+                p = points[-1]
+                measured.append(f"{name} {p['call_row_ms']['p99']:,.0f} ms at {p['chargers']:,} chargers")
+                met = met and p["call_row_ms"]["p99"] <= GOAL_P99_CALL_ROW_MS and not p["errors"] \
+                    and p["rows_stored"] >= p["ok"]
+                diag = p.get("diagnostics")
+                if diag and p["call_row_ms"]["p99"] > GOAL_P99_CALL_ROW_MS:
+                    notes.append(f"{name}: the writer was committing {diag['writer_busy_share']:.0%} of the time "
+                                 f"({diag['rows_per_batch']:,} rows per batch, {diag['commit_mean_ms']:,} ms each; "
+                                 f"load average {p['load_average_1m']} on {os.cpu_count()} cores), so events "
+                                 "queued in front of it")
+        out.append(_goal("steady fleet, p99 CALL→row committed", f"≤ {GOAL_P99_CALL_ROW_MS / 1000:g} s",
+                         "; ".join(measured), met if measured else None, "; ".join(notes)))
+    r = benchmarks.get("report_queries")
+    if isinstance(r, dict) and "slowest_warm_s" in r:
+        failed = [x["report"] for x in r.get("reports", []) if x.get("status") != 200]
+        out.append(_goal(f"report queries on {r['ports']:,} ports × {r['months']} months of history",
+                         f"≤ {r.get('target_s', 1.0):g} s each (warm)", f"slowest {r['slowest_warm_s']} s",
+                         r["slowest_warm_s"] <= r.get("target_s", 1.0) and not failed,
+                         f"failed: {', '.join(failed)}" if failed else ""))
+    return out
