@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import zoneinfo
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Body, HTTPException, Path, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from csms import commands
 from csms.connection import ChargerCallError
@@ -65,9 +67,22 @@ class LocationIn(BaseModel):
     country: str = Field("USA", pattern=r"^[A-Z]{3}$")
     latitude: float | None = Field(None, ge=-90, le=90)
     longitude: float | None = Field(None, ge=-180, le=180)
-    time_zone: str = Field("UTC", max_length=64)
+    time_zone: str = Field("UTC", max_length=64, description="IANA time zone name, e.g. Asia/Kolkata")
     is_public: bool = False
     operational_since: datetime | None = None
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        # Reports cut days, weeks and months in this zone: an unknown name must not get in.
+        if value not in _zones():
+            raise ValueError(f"unknown IANA time zone {value!r}")
+        return value
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
 
 
 class IdTokenIn(BaseModel):

@@ -1,6 +1,5 @@
-"""OCPP 2.0.1: TransactionEvents after a reconnect may omit ``evse`` (required only in the
-first event of a transaction, E01.FR.16). The central system recalls the transaction's EVSE
-from the database, so the samples land on the right EVSE and no register check trips."""
+"""Gateway and registry details: a transaction's EVSE recalled after a reconnect, deflate
+without context takeover, real time zones only."""
 
 from __future__ import annotations
 
@@ -25,6 +24,9 @@ def _energy(wh: float, at: datetime) -> list[dict[str, Any]]:
 
 
 async def test_events_without_evse_after_a_reconnect_keep_their_evse(db_url: str) -> None:
+    """OCPP 2.0.1: TransactionEvents after a reconnect may omit ``evse`` (required only in the
+    first event of a transaction, E01.FR.16). The central system recalls the transaction's EVSE
+    from the database, so the samples land on the right EVSE and no register check trips."""
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     async with running_central(db_url) as central:
         await central.register("RC1", evses=2)
@@ -77,3 +79,14 @@ async def test_deflate_is_negotiated_without_context_takeover(db_url: str) -> No
                                                                     "chargePointModel": "M"}]))
             reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert reply[0] == 3
+
+
+async def test_a_location_needs_a_real_time_zone(db_url: str) -> None:
+    """Reports cut local days in the station's zone: an unknown zone name is refused at entry."""
+    async with running_central(db_url) as central, central.api() as api:
+        body = {"id": "TZ1", "name": "Depot", "time_zone": "Mars/Olympus_Mons"}
+        reply = await api.post("/api/v1/locations", json=body)
+        assert reply.status_code == 422
+        assert "time zone" in reply.text
+        reply = await api.post("/api/v1/locations", json={**body, "time_zone": "Asia/Kolkata"})
+        assert reply.status_code == 201
