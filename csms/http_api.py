@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from csms import __version__
+from csms.api_exports import build_exports_router
 from csms.api_operator import build_operator_router
 from csms.api_reporting import build_reporting_router
 from csms.gateway import Gateway
@@ -70,6 +71,7 @@ def create_app(*, registry: CollectorRegistry, api_token: str, health: HealthChe
 
     app.include_router(build_operator_router(pool=pool, gateway=gateway), dependencies=operator)
     app.include_router(build_reporting_router(pool=pool), dependencies=operator)
+    app.include_router(build_exports_router(pool=pool), dependencies=operator)
     if pool is not None:
         # OCPI partners authenticate with their own token (OCPI 2.2.1 "Token"); without one
         # configured, a random token nobody knows keeps the partner endpoints closed.

@@ -27,21 +27,25 @@ QuarterConvention = Literal["calendar", "fiscal_in"]
 # Sessions that started this long before a period are read for it; older ones are not (they would make
 # every statement scan the whole transactions table for the rare session that never ended).
 LOOKBACK = timedelta(days=31)
+# Samples of a session that has not ended are read up to this long after the period: enough to close the
+# register step that straddles its end (a session that ended is read up to its end).
+LOOKAHEAD = timedelta(days=1)
 
 ATTRIBUTION = (
     "Energy.Active.Import.Register of each transaction: meterStart at its start, the outlet register samples "
     "(phase-less, not flagged as unreadable, implausible, backwards or outside the transaction), meterStop at "
     "its stop. A reading below an earlier one is held at the earlier value, so the differences never go "
-    "negative and add up to meterStop - meterStart. Each difference is spread uniformly over the time between "
-    "its two readings (a session without intermediate samples spreads meterStop - meterStart over its "
-    "duration). The part that flowed in [09:00, 16:00) station-local time (the location's IANA time zone, "
-    "wall clock, DST-aware) is solar, the rest non-solar; only the part that flowed inside the period counts, "
-    "so a session crossing a quarter boundary is split between the quarters. Sessions are counted in the "
-    "period in which they started; sessions_carried_in started earlier and were still running when it began. "
-    "Open sessions count up to their latest reading. Sessions that started more than "
-    f"{LOOKBACK.days} days before the period are not read. energy_kwh = solar_kwh + non_solar_kwh, each "
-    "rounded half up to the watt-hour; land_share_amount = energy_kwh x rate, rounded half up to 0.01; "
-    "totals add up the sites' figures."
+    "negative and add up to meterStop - meterStart (0 if that is negative). Each difference is spread "
+    "uniformly over the time between its two readings (a session without intermediate samples spreads "
+    "meterStop - meterStart over its duration). The part that flowed in [09:00, 16:00) station-local time "
+    "(the location's IANA time zone, wall clock, DST-aware) is solar, the rest non-solar; only the part that "
+    "flowed inside the period counts, so a session crossing a quarter boundary is split between the quarters. "
+    "Sessions are counted in the period in which they started; sessions_carried_in started earlier and were "
+    "still running when it began. Open sessions count up to their latest reading (read until "
+    f"{LOOKAHEAD.days} day after the period). Sessions that started more than {LOOKBACK.days} days before "
+    "the period are not read. energy_kwh = solar_kwh + non_solar_kwh, each rounded half up to the "
+    "watt-hour; land_share_amount = energy_kwh x rate, rounded half up to 0.01; totals add up the sites' "
+    "figures."
 )
 
 
@@ -101,6 +105,19 @@ def _solar_seconds(start: datetime, end: datetime, zone: ZoneInfo) -> float:
             seconds += (hi - lo).total_seconds()
         day += timedelta(days=1)
     return seconds
+
+
+def solar_edges(zone: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
+    """Every local 09:00 and 16:00 as UTC instants, sorted, from the local day before ``start`` to the
+    local day after ``end``. Between two consecutive edges the class (solar or not) does not change, so
+    the number of edges at or before a moment (SQL ``width_bucket``) names its class: odd = solar."""
+    day = start.astimezone(zone).date() - timedelta(days=1)
+    last = end.astimezone(zone).date() + timedelta(days=1)
+    edges = []
+    while day <= last:  # bounded: two edges per local day of [start, end]
+        edges += [_local(day, SOLAR_START, zone), _local(day, SOLAR_END, zone)]
+        day += timedelta(days=1)
+    return edges
 
 
 def in_solar_window(moment: datetime, zone: ZoneInfo) -> bool:
