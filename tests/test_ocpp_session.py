@@ -591,7 +591,8 @@ async def test_transaction_event_lifecycle(version: str) -> None:
     assert event.stop_reason == "Local"  # stoppedReason absent (E06.FR.09)
     assert event.meter_stop_wh == 2500.0
     assert event.meter_start_wh is None
-    assert "tx-1" not in session.state.tx_evse
+    assert "tx-1" not in session.state.tx_window
+    assert session.state.tx_evse["tx-1"] == (2, 1)   # kept: a retried Ended lands on the same EVSE
 
 
 async def test_201_ended_with_reason_and_token() -> None:

@@ -112,7 +112,7 @@ async def transaction_event(ctx: Context, p: dict[str, Any]) -> Reply:
                                  evse_id=evse_id or 0, connector_id=connector_id or 0, transaction_uid=uid,
                                  samples=samples))
     if kind == "ended":
-        ctx.state.tx_evse.pop(uid, None)
+        # The EVSE stays remembered (bounded): a retried Ended must land where the first did.
         ctx.state.tx_window.pop(uid, None)
     reply: dict[str, Any] = {}
     if isinstance(id_token, dict):  # E01.FR.11/12: verify and return idTokenInfo
