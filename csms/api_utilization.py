@@ -164,8 +164,9 @@ def build_utilization_router(*, db: Any, window_of: Any) -> APIRouter:
         total = BucketUsage(window[0], window[1], ports=len(ports))
         for zone_name, members in by_zone.items():
             zone = ZoneInfo(zone_name)
+            # Percentiles of different zones' buckets do not combine (_add drops them): not computed.
             buckets, part = await usage(db(), _refs(members, window, basis), report_bounds(window, bucket, zone),
-                                        zone=zone)
+                                        with_idle=False, zone=zone)
             _add(total, part)
             for b in buckets if bucket != "none" else []:
                 label = b.start.astimezone(zone).date().isoformat()
@@ -195,7 +196,8 @@ def build_utilization_router(*, db: Any, window_of: Any) -> APIRouter:
         local weekday (1 = Monday) and hour, over the window."""
         window = window_of(start, end)
         ports, zone = await station(location_id)
-        buckets, _ = await usage(db(), _refs(ports, window, basis), report_bounds(window, "hour", zone), zone=zone)
+        buckets, _ = await usage(db(), _refs(ports, window, basis), report_bounds(window, "hour", zone),
+                                 with_idle=False, zone=zone)
         slots: dict[tuple[int, int], list[float]] = {}
         for b in buckets:
             slot = slots.setdefault(hour_of_week(b.start, zone), [0.0, 0.0, 0.0, 0.0])

@@ -207,8 +207,10 @@ def _session_ranges(ports: Sequence[PortRef], lo: datetime, hi: datetime,
 
 
 async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[datetime], *,
-                with_peak: bool = False, zone: ZoneInfo | None = None) -> tuple[list[BucketUsage], BucketUsage]:
-    """Figures per report bucket [bounds[i], bounds[i+1]) over ``ports``, and over the whole window."""
+                with_peak: bool = False, with_idle: bool = True,
+                zone: ZoneInfo | None = None) -> tuple[list[BucketUsage], BucketUsage]:
+    """Figures per report bucket [bounds[i], bounds[i+1]) over ``ports``, and over the whole window.
+    ``with_idle=False`` skips the post-charge idle percentiles (they sort every span)."""
     lo, hi = bounds[0], bounds[-1]
     out = [BucketUsage(s, e, ports=len(ports)) for s, e in itertools.pairwise(bounds)]
     if not ports:
@@ -261,11 +263,13 @@ async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[dat
                     raw_ended.append(span.ended_at)
                     raw_idle.append(span.post_charge_idle_s)
     total = BucketUsage(lo, hi, ports=len(ports))
-    async with db.acquire() as conn, conn.transaction():
-        # Percentiles sort every span of the window: give the sort memory rather than disk.
-        await conn.execute(f"SET LOCAL work_mem = '{PERCENTILE_WORK_MEM_MB}MB'")
-        span_rows = await conn.fetch(_SPANS_SQL, cps, evses, [span_cut[k] for k in keys], lo, lower, raw_ended,
-                                     raw_idle, hi)
+    span_rows = []
+    if with_idle:
+        async with db.acquire() as conn, conn.transaction():
+            # Percentiles sort every span of the window: give the sort memory rather than disk.
+            await conn.execute(f"SET LOCAL work_mem = '{PERCENTILE_WORK_MEM_MB}MB'")
+            span_rows = await conn.fetch(_SPANS_SQL, cps, evses, [span_cut[k] for k in keys], lo, lower, raw_ended,
+                                         raw_idle, hi)
     for r in span_rows:
         target = total if r["i"] is None else out[r["i"] - 1] if 1 <= r["i"] <= len(out) else None
         if target is not None:
