@@ -8,6 +8,7 @@ eligible ones (operational ≥ 12 months), for the UK method D is the access-hou
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,11 +19,12 @@ import asyncpg
 from csms.reporting import round2
 from csms.reporting.hours import opening_intervals
 from csms.reporting.queries import PortInfo, port_timelines
-from csms.reporting.uptime import Exclusion, UptimeResult, uptime
+from csms.reporting.uptime import Exclusion, PortTimeline, UptimeResult, uptime
 from schemas.intervals import Interval
 
 PortKey = tuple[str, int]
-BATCH_PORTS = 500
+BATCH_PORTS = 250
+READ_CONCURRENCY = 2   # database connections reading batches at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,39 +90,60 @@ async def fleet_uptime(db: asyncpg.Pool, ports: Sequence[FleetPort], method: str
     for port in ports:
         by_window.setdefault(window_of(port.info), []).append(port)
     results: dict[PortKey, tuple[FleetPort, UptimeResult, list[Exclusion]]] = {}
-    for window, group in by_window.items():
-        for port, [(result, applied)] in await fleet_uptime_windows(
-                db, group, method, [window], offline_grace_s=offline_grace_s, offline_counts=offline_counts):
+    reads = asyncio.Semaphore(READ_CONCURRENCY)   # shared: the zones' reads overlap, within the limit
+    async with asyncio.TaskGroup() as tg:
+        parts = [tg.create_task(fleet_uptime_windows(db, group, method, [window], offline_grace_s=offline_grace_s,
+                                                     offline_counts=offline_counts, reads=reads),
+                                name="fleet-uptime-zone")
+                 for window, group in by_window.items()]
+    for part in parts:
+        for port, [(result, applied)] in part.result():
             results[port.key] = (port, result, applied)
     return [results[p.key] for p in ports]
 
 
 async def fleet_uptime_windows(db: asyncpg.Pool, ports: Sequence[FleetPort], method: str,
                                windows: Sequence[Interval], *, offline_grace_s: int = 0, offline_counts: bool = True,
+                               reads: asyncio.Semaphore | None = None,
                                ) -> list[tuple[FleetPort, list[tuple[UptimeResult, list[Exclusion]]]]]:
     """Each port's uptime in each of ``windows`` (e.g. the three trailing-12-month windows of a
     quarter), from one read of the span covering them all: the sparse timeline of the whole span
     holds every outage and the status in force at any moment inside it."""
     whole = (min(w[0] for w in windows), max(w[1] for w in windows))
-    out = []
-    for i in range(0, len(ports), BATCH_PORTS):
-        batch = ports[i:i + BATCH_PORTS]
+    batches = [ports[i:i + BATCH_PORTS] for i in range(0, len(ports), BATCH_PORTS)]
+
+    limit = reads if reads is not None else asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def load(batch: Sequence[FleetPort]) -> tuple[dict[PortKey, PortTimeline], dict[PortKey, list[Exclusion]]]:
         keys = [p.key for p in batch]
-        timelines = await port_timelines(db, keys, whole)
-        excl = await exclusions_for(db, keys, whole)
-        opening: dict[tuple[str, str, Interval], list[Interval]] = {}
-        for port in batch:
-            per_window = []
-            for window in windows:
-                sig = (json.dumps(port.info.opening_hours, sort_keys=True), port.info.time_zone, window)
-                if sig not in opening:
-                    opening[sig] = opening_intervals(port.info.opening_hours, port.info.time_zone, window)
-                applied = [e for e in excl.get(port.key, []) if e.start < window[1] and e.end > window[0]]
-                result = uptime(method=method, timeline=timelines[port.key], window=window, opening=opening[sig],
-                                exclusions=applied, operational_since=port.info.operational_since,
-                                offline_grace=timedelta(seconds=offline_grace_s), offline_counts=offline_counts)
-                per_window.append((result, applied))
-            out.append((port, per_window))
+        async with limit:
+            return await port_timelines(db, keys, whole), await exclusions_for(db, keys, whole)
+
+    out = []
+    opening: dict[tuple[str, str, Interval], list[Interval]] = {}
+    # Batches are read on a few connections at once (PostgreSQL uses both cores) while the
+    # batches already read are computed here.
+    tasks = [asyncio.create_task(load(batch), name="fleet-uptime-read") for batch in batches]
+    try:
+        for batch, task in zip(batches, tasks, strict=True):
+            timelines, excl = await task
+            for port in batch:
+                per_window = []
+                for window in windows:
+                    sig = (json.dumps(port.info.opening_hours, sort_keys=True), port.info.time_zone, window)
+                    if sig not in opening:
+                        opening[sig] = opening_intervals(port.info.opening_hours, port.info.time_zone, window)
+                    applied = [e for e in excl.get(port.key, []) if e.start < window[1] and e.end > window[0]]
+                    result = uptime(method=method, timeline=timelines[port.key], window=window,
+                                    opening=opening[sig], exclusions=applied,
+                                    operational_since=port.info.operational_since,
+                                    offline_grace=timedelta(seconds=offline_grace_s), offline_counts=offline_counts)
+                    per_window.append((result, applied))
+                out.append((port, per_window))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return out
 
 
