@@ -92,15 +92,19 @@ ADMIN_COMMANDS = ("charge-points", "locations", "id-tokens")
 
 
 @asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+async def registry_database(settings: Settings, *, apply_migrations: bool = True,
+                            max_size: int = 2) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the configured database, or on the embedded one in ``--data-dir`` (started
+    for the command and stopped after it). Used by the registry commands and ``csms simulate``."""
     pg: EmbeddedPostgres | None = None
     url = settings.database_url
     if url is None:
         pg = EmbeddedPostgres(data_dir=settings.data_dir, port=settings.embedded_pg_port)
         url = (await asyncio.to_thread(pg.start)).url()
     try:
-        await migrate(url, timeout_s=settings.db_connect_timeout_s)
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        if apply_migrations:
+            await migrate(url, timeout_s=settings.db_connect_timeout_s)
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size)
         try:
             yield pool
         finally:
@@ -111,7 +115,7 @@ async def _database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
-    async with _database(settings) as pool:
+    async with registry_database(settings) as pool:
         if args.command == "charge-points":
             return await _charge_points(args, pool)
         if args.command == "locations":

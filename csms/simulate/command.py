@@ -9,8 +9,6 @@ import json
 import logging
 import math
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -145,41 +143,20 @@ def build_spec(args: argparse.Namespace, log_level: str) -> RunSpec:
                    max_messages=max(0, args.max_messages), processes=processes, log_level=log_level)
 
 
-@asynccontextmanager
-async def _registry_pool(settings: Settings, *, apply_migrations: bool = True) -> AsyncIterator[asyncpg.Pool]:
-    from csms.app import migrate
-    from csms.embedded_pg import EmbeddedPostgres
-
-    pg: EmbeddedPostgres | None = None
-    url = settings.database_url
-    if url is None:
-        pg = EmbeddedPostgres(data_dir=settings.data_dir, port=settings.embedded_pg_port)
-        url = (await asyncio.to_thread(pg.start)).url()
-    try:
-        if apply_migrations:
-            await migrate(url, timeout_s=settings.db_connect_timeout_s)
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-        try:
-            yield pool
-        finally:
-            await pool.close()
-    finally:
-        if pg is not None:
-            await asyncio.to_thread(pg.stop)
-
-
 async def _stored_registers(spec: RunSpec, settings: Settings) -> dict[str, dict[int, float]]:
+    from csms.admin_cli import registry_database
     from csms.simulate.fleet import charger_ids
     from csms.simulate.register import stored_registers
 
-    async with _registry_pool(settings, apply_migrations=False) as pool:   # read-only
+    async with registry_database(settings, apply_migrations=False, max_size=4) as pool:   # read-only
         return await stored_registers(pool, charger_ids(spec.shape))
 
 
 async def _register(spec: RunSpec, settings: Settings) -> dict[str, int]:
+    from csms.admin_cli import registry_database
     from csms.simulate.register import register_fleet
 
-    async with _registry_pool(settings) as pool:
+    async with registry_database(settings, max_size=4) as pool:
         return await register_fleet(pool, spec.shape, password=spec.options.password,
                                     credentials=spec.options.credentials, public=True)
 
