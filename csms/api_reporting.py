@@ -17,10 +17,9 @@ from pydantic import BaseModel, Field, HttpUrl, model_validator
 
 from csms.api_utilization import build_utilization_router
 from csms.reporting import FORMULA_VERSION, evchart
-from csms.reporting.fleet import aggregate, fleet_ports, fleet_uptime, fleet_uptime_windows
-from csms.reporting.hours import opening_intervals
-from csms.reporting.queries import PortInfo, exclusions, port_info, port_timeline
-from csms.reporting.uptime import EXCLUSION_REASONS, Exclusion, Outage, UptimeResult, nevi_window, uptime
+from csms.reporting.fleet import FleetPort, aggregate, fleet_port, fleet_ports, fleet_uptime, fleet_uptime_windows
+from csms.reporting.queries import PortInfo
+from csms.reporting.uptime import EXCLUSION_REASONS, Exclusion, Outage, UptimeResult, nevi_window
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 MAX_WINDOW = timedelta(days=400)
@@ -76,15 +75,11 @@ def _until_now(window: tuple[datetime, datetime]) -> tuple[datetime, datetime]:
     return (window[0], min(window[1], max(now, window[0] + timedelta(seconds=1))))
 
 
-async def _report(db: asyncpg.Pool, info: PortInfo, method: str, window: tuple[datetime, datetime], *,
+async def _report(db: asyncpg.Pool, port: FleetPort, method: str, window: tuple[datetime, datetime], *,
                   offline_grace_s: int = 0, offline_counts: bool = True) -> tuple[UptimeResult, list[Exclusion]]:
     """One port's uptime over ``window`` (ending no later than now), and the exclusions it applied."""
-    window = _until_now(window)
-    applied = await exclusions(db, info.charge_point_id, info.evse_id, window)
-    result = uptime(method=method, timeline=await port_timeline(db, info.charge_point_id, info.evse_id, window),
-                    window=window, opening=opening_intervals(info.opening_hours, info.time_zone, window),
-                    exclusions=applied, operational_since=info.operational_since,
-                    offline_grace=timedelta(seconds=offline_grace_s), offline_counts=offline_counts)
+    [(_, [(result, applied)])] = await fleet_uptime_windows(
+        db, [port], method, [_until_now(window)], offline_grace_s=offline_grace_s, offline_counts=offline_counts)
     return result, applied
 
 
@@ -124,10 +119,10 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
         offline_counts_as_outage: bool = True,
     ) -> dict[str, Any]:
         """Uptime of one port (EVSE): NEVI 23 CFR 680.116(b), any window, or UK PCPR reliability."""
-        info = await port_info(db(), cp_id, evse_id)
-        if info is None:
+        port = await fleet_port(db(), cp_id, evse_id)
+        if port is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no port {cp_id}/{evse_id}")
-        result, _ = await _report(db(), info, method, _window(method, report_month, start, end, info.time_zone),
+        result, _ = await _report(db(), port, method, _window(method, report_month, start, end, port.info.time_zone),
                                   offline_grace_s=offline_grace_s, offline_counts=offline_counts_as_outage)
         return _view(result, cp_id, evse_id)
 
@@ -136,11 +131,11 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
                            end: Annotated[datetime, Query(alias="to")],
                            offline_grace_s: Annotated[int, Query(ge=0, le=86400)] = 0) -> dict[str, Any]:
         """Every outage of the port in [from, to), with its cause and the exclusion applied to it."""
-        info = await port_info(db(), cp_id, evse_id)
-        if info is None:
+        port = await fleet_port(db(), cp_id, evse_id)
+        if port is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no port {cp_id}/{evse_id}")
-        result, applied = await _report(db(), info, "generic", _window("generic", None, start, end, info.time_zone),
-                                        offline_grace_s=offline_grace_s)
+        window = _window("generic", None, start, end, port.info.time_zone)
+        result, applied = await _report(db(), port, "generic", window, offline_grace_s=offline_grace_s)
         items = []
         for outage in result.outages:
             reason = _exclusion_of(outage, applied)
@@ -154,7 +149,7 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
     @router.post("/ports/{cp_id}/{evse_id}/exclusions", status_code=status.HTTP_201_CREATED)
     async def add_exclusion(cp_id: CpId, evse_id: EvseId, body: ExclusionIn) -> dict[str, Any]:
         """Record why an outage should not count (append-only; a later entry for the same span wins)."""
-        if await port_info(db(), cp_id, evse_id) is None:
+        if await fleet_port(db(), cp_id, evse_id) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no port {cp_id}/{evse_id}")
         row = await db().fetchrow(
             """INSERT INTO outage_exclusions (charge_point_id, evse_id, starts_at, ends_at, reason, notes,

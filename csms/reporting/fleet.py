@@ -51,16 +51,20 @@ async def fleet_ports(db: asyncpg.Pool, *, location_id: str | None = None,
            FROM evses e JOIN charge_points c ON c.id = e.charge_point_id
            LEFT JOIN locations l ON l.id = c.location_id
            WHERE ($1::text IS NULL OR c.location_id = $1)
-           ORDER BY station_id, e.charge_point_id, e.evse_id""", location_id)
-    wanted = set(ports) if ports is not None else None
+             AND ($2::text[] IS NULL OR (e.charge_point_id, e.evse_id) IN (SELECT * FROM unnest($2::text[], $3::int[])))
+           ORDER BY station_id, e.charge_point_id, e.evse_id""", location_id,
+        None if ports is None else [p[0] for p in ports], None if ports is None else [p[1] for p in ports])
     out = []
     for r in rows:
-        if wanted is not None and (r["charge_point_id"], r["evse_id"]) not in wanted:
-            continue
         hours = json.loads(r["opening_hours"]) if r["opening_hours"] else None
         info = PortInfo(r["charge_point_id"], r["evse_id"], r["time_zone"], hours, r["operational_since"])
         out.append(FleetPort(info, r["station_id"], r["uid"], r["rated_kw"]))
     return out
+
+
+async def fleet_port(db: asyncpg.Pool, charge_point_id: str, evse_id: int) -> FleetPort | None:
+    found = await fleet_ports(db, ports=[(charge_point_id, evse_id)])
+    return found[0] if found else None
 
 
 async def exclusions_for(db: asyncpg.Pool, keys: Sequence[PortKey], window: Interval,

@@ -1,5 +1,6 @@
-"""Reads what a port's reports need from TimescaleDB: its status history, its charge point's
-connector-0 status and connectivity, its station's time zone and hours, and exclusions."""
+"""Reads what ports' uptime needs from TimescaleDB: the status rows outages depend on, their
+charge points' connector-0 statuses and connectivity. Port details and exclusions:
+``csms.reporting.fleet``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from csms.reporting.uptime import Exclusion, PortTimeline, StatusChange
+from csms.reporting.uptime import PortTimeline, StatusChange
 from schemas.intervals import Interval
 
 
@@ -21,22 +22,6 @@ class PortInfo:
     time_zone: str
     opening_hours: dict[str, Any] | None
     operational_since: datetime | None
-
-
-async def port_info(db: asyncpg.Pool, charge_point_id: str, evse_id: int) -> PortInfo | None:
-    row = await db.fetchrow(
-        """SELECT e.charge_point_id, e.evse_id, COALESCE(l.time_zone, 'UTC') AS time_zone,
-                  l.opening_hours::text AS opening_hours,
-                  COALESCE(e.operational_since, l.operational_since, e.created_at) AS operational_since
-           FROM evses e JOIN charge_points c ON c.id = e.charge_point_id
-           LEFT JOIN locations l ON l.id = c.location_id
-           WHERE e.charge_point_id = $1 AND e.evse_id = $2""", charge_point_id, evse_id)
-    if row is None:
-        return None
-    import json
-
-    hours = json.loads(row["opening_hours"]) if row["opening_hours"] else None
-    return PortInfo(row["charge_point_id"], row["evse_id"], row["time_zone"], hours, row["operational_since"])
 
 
 # Only what outages depend on (so the cost follows the number of faults, not of status
@@ -100,18 +85,3 @@ async def port_timelines(db: asyncpg.Pool, ports: Sequence[tuple[str, int]],
 
     return {(cp, evse): PortTimeline(port_status=ordered((cp, evse)), charger_status=ordered((cp, 0)),
                                      connectivity=connectivity.get(cp, [])) for cp, evse in ports}
-
-
-async def port_timeline(db: asyncpg.Pool, charge_point_id: str, evse_id: int, window: Interval) -> PortTimeline:
-    return (await port_timelines(db, [(charge_point_id, evse_id)], window))[(charge_point_id, evse_id)]
-
-
-async def exclusions(db: asyncpg.Pool, charge_point_id: str, evse_id: int, window: Interval,
-                     *, as_of: datetime | None = None) -> list[Exclusion]:
-    """The exclusions in force: for each (start, end) the latest entry wins; 'withdrawn' cancels."""
-    rows = await db.fetch(
-        """SELECT DISTINCT ON (starts_at, ends_at) starts_at, ends_at, reason FROM outage_exclusions
-           WHERE charge_point_id = $1 AND evse_id = $2 AND ends_at > $3 AND starts_at < $4
-             AND ($5::timestamptz IS NULL OR created_at <= $5)
-           ORDER BY starts_at, ends_at, id DESC""", charge_point_id, evse_id, window[0], window[1], as_of)
-    return [Exclusion(r["starts_at"], r["ends_at"], r["reason"]) for r in rows if r["reason"] != "withdrawn"]
