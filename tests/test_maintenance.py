@@ -36,8 +36,13 @@ async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
+def _anchor() -> datetime:
+    """Noon UTC today: ages counted from it keep 40 and 40.1 days in one 1-day chunk at any time of day."""
+    return datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+
+
 async def _insert_samples(db: asyncpg.Connection, *ages_days: float) -> None:
-    now = datetime.now(UTC)
+    now = _anchor()
     await db.executemany(
         "INSERT INTO meter_samples (time, charge_point_id, evse_id, connector_id, measurand, value, unit, "
         "raw_value, raw_unit, received_at) VALUES ($1, 'CP1', 1, 1, 'Energy.Active.Import.Register', $2, 'Wh', "
@@ -57,7 +62,7 @@ async def _chunks(db: asyncpg.Connection, table: str) -> int:
 
 async def _sample_ages_days(db: asyncpg.Connection) -> list[int]:
     rows = await db.fetch("SELECT time FROM meter_samples ORDER BY time")
-    now = datetime.now(UTC)
+    now = _anchor()
     return [round((now - r["time"]).total_seconds() / 86400) for r in rows]
 
 
