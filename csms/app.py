@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -24,7 +25,7 @@ from prometheus_client import CollectorRegistry, Info
 from csms import __version__
 from csms.embedded_pg import EmbeddedPostgres
 from csms.errors import ConfigurationError
-from csms.gateway import Gateway, GatewayLimits
+from csms.gateway import Gateway, GatewayLimits, allocate_connection_epoch
 from csms.handshake import HandshakePolicy
 from csms.http_api import create_app
 from csms.metrics import BusMetrics, GatewayMetrics, register_pool_metrics
@@ -140,8 +141,10 @@ class CentralSystem:
             if not self.embedded:
                 raise ConfigurationError("csms serve needs --database-url (CSMS_DATABASE_URL)")
             self.pg = EmbeddedPostgres(data_dir=s.data_dir, port=s.embedded_pg_port,
-                                       start_timeout_s=s.embedded_pg_start_timeout_s)
-            state = await asyncio.to_thread(self.pg.start)
+                                       start_timeout_s=s.embedded_pg_start_timeout_s, role="csms run")
+            # This process owns the cluster, even one a killed `csms run` left running, and stops
+            # it in stop(); a second live `csms run` on the same data directory is refused.
+            state = await asyncio.to_thread(self.pg.start, exclusive=True)
             self.database_url = state.url()
         applied = await migrate(self.database_url, timeout_s=s.db_connect_timeout_s)
         if applied:
@@ -228,18 +231,28 @@ def build_gateway(s: Settings, *, pool: asyncpg.Pool, bus: Bus, registry: Collec
                   validate_responses: bool = False) -> Gateway:
     metrics = GatewayMetrics.create(registry)
     policy = HandshakePolicy(pool=pool, endpoint_profile=s.security_profile, onboard_unknown=s.onboard_unknown,
-                             rate_per_s=s.handshake_rate_per_source_per_s, burst=s.handshake_burst_per_source)
+                             rate_per_s=s.handshake_rate_per_source_per_s, burst=s.handshake_burst_per_source,
+                             auth_failures_per_source_per_min=s.auth_failures_per_source_per_min,
+                             auth_failures_per_id_per_min=s.auth_failures_per_id_per_min,
+                             kdf_workers=s.kdf_workers, kdf_queue_max=s.kdf_queue_max,
+                             kdf_queue_max_per_source=s.kdf_queue_max_per_source,
+                             onboard_max_pending=s.onboard_max_pending, registry=registry)
     services = DbServices(pool=pool, heartbeat_interval_s=s.heartbeat_interval_s,
                           boot_retry_interval_s=s.boot_retry_interval_s, free_vend=s.free_vend)
     limits = GatewayLimits(ping_interval_s=s.ping_interval_s, ping_timeout_s=s.ping_timeout_s,
                            max_frame_bytes=s.max_frame_bytes, open_timeout_s=s.open_timeout_s,
                            call_timeout_s=s.call_timeout_s, heartbeat_interval_s=s.heartbeat_interval_s,
                            max_queued_calls=s.max_queued_calls_per_connection,
-                           max_queued_commands=s.max_queued_commands_per_charger)
+                           max_queued_commands=s.max_queued_commands_per_charger,
+                           command_connect_wait_s=s.command_connect_wait_s,
+                           connection_drain_timeout_s=s.connection_drain_timeout_s,
+                           rejected_frame_log_interval_s=s.rejected_frame_log_interval_s,
+                           rejected_frame_log_burst=s.rejected_frame_log_burst)
     return Gateway(host=s.ocpp_host, port=s.ocpp_port, base_path=s.ocpp_path, node_id=s.node_id, bus=bus,
                    metrics=metrics, policy=policy, services=services, limits=limits,
                    ssl_context=build_ssl_context(s), tolerant_models=tolerant_pairs(s),
-                   validate_responses=validate_responses)
+                   validate_responses=validate_responses,
+                   connection_epochs=functools.partial(allocate_connection_epoch, pool))
 
 
 async def run_until_stopped(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]],

@@ -39,6 +39,20 @@ def hash_password(password: str) -> str:
     return _HASHER.hash(password)
 
 
+def pinnable_password(password: bytes) -> str | None:
+    """The text form under which a presented password is pinned at onboarding, or None if it breaks the rules.
+
+    2.x: UTF-8 text of 16–40 characters (2.0.1 A00.FR.205), 2.1 up to 64; 1.6: an AuthorizationKey of 16–20
+    bytes that chargers send raw (1.6J §6.2.2 example) and that is pinned as its hex text, the form an operator
+    would register. The same rules as ``hash_password``, so a pinned password verifies like a registered one.
+    """
+    try:
+        text = password.decode("utf-8")
+    except UnicodeDecodeError:
+        return password.hex() if 16 <= len(password) <= 20 else None
+    return text if MIN_PASSWORD_CHARS <= len(text) <= MAX_PASSWORD_CHARS else None
+
+
 def generate_password() -> str:
     """A 2.x-compatible password (40 URL-safe characters)."""
     return secrets.token_urlsafe(30)[:40]
@@ -82,7 +96,20 @@ def password_candidates(password: bytes) -> list[str]:
     return out
 
 
+def matches(stored_hash: str, password: bytes) -> bool:
+    """The KDF check of every text form of ``password`` (pure; safe in any thread; 1–3 Argon2id runs)."""
+    for candidate in password_candidates(password):
+        try:
+            if _HASHER.verify(stored_hash, candidate):
+                return True
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            continue
+    return False
+
+
 class CredentialVerifier:
+    """The verified cache. Used on the event loop only; the KDF (``matches``) runs in the handshake's pool."""
+
     def __init__(self, *, cache_size: int = 200_000) -> None:
         self._ok: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._cache_size = cache_size
@@ -96,19 +123,9 @@ class CredentialVerifier:
             return True
         return False
 
-    def verify(self, charge_point_id: str, stored_hash: str, password: bytes) -> bool:
-        """Full check (Argon2id, tens of milliseconds: run it off the event loop)."""
-        if self.verify_cached(charge_point_id, stored_hash, password):
-            return True
-        key = (charge_point_id, hashlib.sha256(password).hexdigest())
-        for candidate in password_candidates(password):
-            try:
-                if _HASHER.verify(stored_hash, candidate):
-                    self._remember(key, stored_hash)
-                    return True
-            except (VerifyMismatchError, VerificationError, InvalidHashError):
-                continue
-        return False
+    def remember(self, charge_point_id: str, stored_hash: str, password: bytes) -> None:
+        """Record a successful check (or a password just pinned) so that the next one is cheap."""
+        self._remember((charge_point_id, hashlib.sha256(password).hexdigest()), stored_hash)
 
     def forget(self, charge_point_id: str) -> None:
         for key in [k for k in self._ok if k[0] == charge_point_id]:

@@ -8,11 +8,21 @@ and the server runs as that user.
 
 State kept next to the cluster in ``embedded.json`` (mode 0600): user, password,
 port, database. ``csms db-url`` reads it.
+
+Ownership: the process that runs the cluster owns it and stops it when it stops, whether
+it started the server or found it still running (left behind by a process that was
+killed). It holds an exclusive ``flock`` on ``embedded-owner.lock`` in the data directory
+for as long as it owns the cluster; the file says who (pid, role, postmaster pid). The
+kernel drops the lock when the owner dies, however it dies, so a lock is never stale, and
+PostgreSQL (a child of pg_ctl) never inherits it. While an owner lives, another process
+either refuses (``csms run``: two of them must not both own one cluster) or uses the
+running cluster without owning it (a registry command next to ``csms run``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -21,8 +31,11 @@ import secrets
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from csms.errors import EmbeddedDatabaseError
 
@@ -30,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 DB_NAME = "csms"
 DB_USER = "csms"
+OWNER_FILE = "embedded-owner.lock"
 _UNPRIVILEGED_USERS = ("postgres", "nobody")
+_ATTACH_POLL_S = 0.25  # how often a non-owner looks whether the owner's server is up yet
 
 
 def find_pg_bin_dir() -> Path:
@@ -79,18 +94,85 @@ class EmbeddedPostgres:
     """Own one PostgreSQL cluster under ``data_dir``; start it, stop it, give its URL."""
 
     def __init__(self, *, data_dir: Path, port: int = 0, start_timeout_s: float = 60.0,
-                 extra_conf: dict[str, str] | None = None) -> None:
+                 extra_conf: dict[str, str] | None = None, role: str = "csms") -> None:
         self.data_dir = data_dir.absolute()
         self.pgdata = self.data_dir / "pg"
         self.socket_dir = self.data_dir / "pg-run"
         self.state_file = self.data_dir / "embedded.json"
+        self.owner_file = self.data_dir / OWNER_FILE
         self.log_file = self.socket_dir / "postgres.log"
         self._requested_port = port
         self._start_timeout_s = start_timeout_s
         self._extra_conf = extra_conf or {}
+        self._role = role
         self._bin = find_pg_bin_dir()
         self._run_as = self._pick_user()
-        self.started_here = False
+        self._owner_fd: int | None = None
+
+    @property
+    def owned(self) -> bool:
+        """This process owns the cluster: it holds the owner lock and stops the server in stop()."""
+        return self._owner_fd is not None
+
+    # -- ownership ------------------------------------------------------------------------
+
+    def _take_ownership(self) -> bool:
+        """The owner lock, if no live process holds it (non-blocking)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.owner_file, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by children (PEP 446)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._owner_fd = fd
+        self._write_owner()
+        return True
+
+    def _write_owner(self, postmaster_pid: int | None = None) -> None:
+        if self._owner_fd is None:
+            return
+        record = {"pid": os.getpid(), "role": self._role, "since": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "postmaster_pid": postmaster_pid}
+        data = json.dumps(record).encode()
+        os.ftruncate(self._owner_fd, 0)
+        os.pwrite(self._owner_fd, data, 0)
+
+    def _release_ownership(self) -> None:
+        fd, self._owner_fd = self._owner_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # nobody owns it now
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def owner(self) -> dict[str, Any] | None:
+        """Who owns the cluster, as its owner file says (None when nobody has said)."""
+        try:
+            record = json.loads(self.owner_file.read_text("utf-8") or "null")
+        except (FileNotFoundError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _owner_text(self) -> str:
+        record = self.owner() or {}
+        return f"{record.get('role', 'another process')} (pid {record.get('pid', '?')})"
+
+    def postmaster_pid(self) -> int | None:
+        """The server's pid from postmaster.pid (first line), None when there is none."""
+        try:
+            first = (self.pgdata / "postmaster.pid").read_text("utf-8").split("\n", 1)[0].strip()
+        except (FileNotFoundError, PermissionError):
+            return None
+        return int(first) if first.isdigit() else None
+
+    def _running_port(self) -> int | None:
+        # postmaster.pid line 4 is the port the server listens on (PostgreSQL docs, "postmaster.pid").
+        with contextlib.suppress(FileNotFoundError, PermissionError, IndexError, ValueError):
+            return int((self.pgdata / "postmaster.pid").read_text("utf-8").split("\n")[3])
+        return None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -217,12 +299,56 @@ class EmbeddedPostgres:
             return False
         return self._run("pg_ctl", "status", "-D", str(self.pgdata), check=False).returncode == 0
 
-    def start(self) -> EmbeddedState:
-        """Start the cluster (initialising it first if needed); return its state."""
+    def start(self, *, exclusive: bool = False) -> EmbeddedState:
+        """Own the cluster and make sure it runs (initialising it first if needed); its state.
+
+        When a live process owns it already: with ``exclusive`` refuse (EmbeddedDatabaseError),
+        otherwise use its running server without owning it (stop() leaves it alone).
+        """
+        if not self.owned and not self._take_ownership():
+            if exclusive:
+                raise EmbeddedDatabaseError(
+                    f"the embedded PostgreSQL in {self.data_dir} belongs to {self._owner_text()}, which is "
+                    "running: stop it first, or give this one another --data-dir")
+            return self._attach()
+        try:
+            return self._start_owned()
+        except BaseException:
+            self._release_ownership()
+            raise
+
+    def _attach(self) -> EmbeddedState:
+        """Use the running server of the live owner, waiting (bounded) while it starts."""
+        deadline = time.monotonic() + self._start_timeout_s
+        while True:
+            state = self.read_state()
+            if state is not None and self.is_running():
+                logger.info("embedded PostgreSQL in %s is run by %s; using it", self.pgdata, self._owner_text())
+                return state
+            if time.monotonic() >= deadline:
+                raise EmbeddedDatabaseError(
+                    f"the embedded PostgreSQL in {self.data_dir} belongs to {self._owner_text()} but did not "
+                    f"come up within {self._start_timeout_s:.0f} s")
+            time.sleep(_ATTACH_POLL_S)
+
+    def _start_owned(self) -> EmbeddedState:
         state = self.initialise()
         if self.is_running():
-            logger.info("embedded PostgreSQL in %s is already running; using it", self.pgdata)
-            return state
+            # Left running by an owner that died (e.g. SIGKILL): it is ours now, and stops with us.
+            running_port = self._running_port()
+            if running_port is not None and running_port != state.port and self._requested_port:
+                logger.info("embedded PostgreSQL left running on port %d; restarting it on port %d",
+                            running_port, state.port)
+                self._stop_server(self._start_timeout_s)
+            else:
+                if running_port is not None and running_port != state.port:
+                    state = EmbeddedState(state.user, state.password, running_port, state.database)
+                    self._write_state(state)
+                logger.info("embedded PostgreSQL in %s was left running (postmaster pid %s); this process "
+                            "owns it now and stops it when it stops", self.pgdata, self.postmaster_pid())
+                self._write_owner(self.postmaster_pid())
+                self._ensure_database(state)
+                return state
         if _port_in_use(state.port):
             if self._requested_port:
                 raise EmbeddedDatabaseError(f"port {state.port} for the embedded PostgreSQL is in use")
@@ -234,7 +360,7 @@ class EmbeddedPostgres:
         self._run("pg_ctl", "start", "-D", str(self.pgdata), "-w", "-t", str(int(self._start_timeout_s)),
                   "-l", str(self.log_file), "-o", f"-p {state.port} -k {self.socket_dir}",
                   timeout=self._start_timeout_s + 10)
-        self.started_here = True
+        self._write_owner(self.postmaster_pid())
         self._ensure_database(state)
         return state
 
@@ -257,9 +383,15 @@ class EmbeddedPostgres:
         return proc.stdout
 
     def stop(self, *, timeout_s: float = 30.0) -> None:
-        """Stop the cluster if this object started it (fast shutdown: aborts open transactions)."""
-        if not self.started_here:
+        """Stop the cluster if this process owns it, started or adopted (fast shutdown: aborts open
+        transactions), then give up ownership. A process that only used it leaves it running."""
+        if not self.owned:
             return
+        try:
+            self._stop_server(timeout_s)
+        finally:
+            self._release_ownership()
+
+    def _stop_server(self, timeout_s: float) -> None:
         self._run("pg_ctl", "stop", "-D", str(self.pgdata), "-m", "fast", "-w", "-t", str(int(timeout_s)),
                   check=False, timeout=timeout_s + 10)
-        self.started_here = False

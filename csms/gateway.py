@@ -13,11 +13,14 @@ import contextlib
 import http
 import logging
 import ssl
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
+import asyncpg
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -99,6 +102,21 @@ def client_certificate_cn(connection: ServerConnection) -> str | None:
     return None
 
 
+_ALLOCATE_EPOCH = "UPDATE charge_points SET connection_epoch = connection_epoch + 1 WHERE id = $1 " \
+                  "RETURNING connection_epoch"
+
+
+async def allocate_connection_epoch(pool: asyncpg.Pool, charge_point_id: str) -> int | None:
+    """The charger's next connection epoch, allocated by the database (None: no such row).
+
+    One counter per charger in ``charge_points``, shared by every node on the database: a
+    newer admitted websocket always has a higher epoch, so the events of a replaced socket
+    (R28) can be told from the live one's whatever order they are stored in.
+    """
+    epoch = await pool.fetchval(_ALLOCATE_EPOCH, charge_point_id)
+    return int(epoch) if epoch is not None else None
+
+
 @dataclass(slots=True)
 class LiveConnection:
     """One charger's websocket, as the registry knows it."""
@@ -109,6 +127,23 @@ class LiveConnection:
     connected_at: datetime
     remote: str
     charger: ChargerConnection | None = field(default=None)
+    connection_epoch: int | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Commands can still be sent on it (it has not ended or been replaced)."""
+        return self.charger is not None and not self.charger.outgoing.closed
+
+
+@dataclass(slots=True, eq=False)
+class Admission:
+    """A handshake admitted by the policy whose websocket is not in the registry yet."""
+
+    charge_point_id: str
+    verdict: HandshakeVerdict
+    connection_epoch: int | None
+    expires_at: float                     # monotonic; the handshake is over by then, one way or another
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ConnectionRegistry:
@@ -149,6 +184,10 @@ class GatewayLimits:
     heartbeat_interval_s: int
     max_queued_calls: int
     max_queued_commands: int
+    command_connect_wait_s: float = 2.0
+    connection_drain_timeout_s: float = 10.0
+    rejected_frame_log_interval_s: float = 60.0
+    rejected_frame_log_burst: int = 5
 
 
 class Gateway:
@@ -158,7 +197,8 @@ class Gateway:
                  policy: HandshakePolicy, services: Services, limits: GatewayLimits,
                  ssl_context: ssl.SSLContext | None = None,
                  tolerant_models: frozenset[tuple[str, str]] = frozenset(),
-                 validate_responses: bool = False) -> None:
+                 validate_responses: bool = False,
+                 connection_epochs: Callable[[str], Awaitable[int | None]] | None = None) -> None:
         self._host = host
         self._port = port
         self._base_path = base_path
@@ -171,8 +211,13 @@ class Gateway:
         self._ssl = ssl_context
         self._tolerant_models = tolerant_models
         self._validate_responses = validate_responses
+        self._connection_epochs = connection_epochs
         self.registry = ConnectionRegistry()
-        self._verdicts: dict[int, HandshakeVerdict] = {}
+        # Admitted handshakes by id(connection), oldest first, and the newest one per charger:
+        # a command for a charger mid-handshake waits for it (bounded) instead of a 409.
+        self._admissions: OrderedDict[int, Admission] = OrderedDict()
+        self._handshaking: dict[str, Admission] = {}
+        self._closers: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
 
     @property
@@ -223,21 +268,71 @@ class Gateway:
         source = str(connection.remote_address[0]) if connection.remote_address else ""
         try:
             verdict = await self._policy.check(charge_point_id=cp_id, source=source,
-                                               authorization=request.headers.get("Authorization"),
+                                               authorization=request.headers.get_all("Authorization"),
                                                client_cert_cn=client_certificate_cn(connection))
         except Exception:
             logger.exception("handshake check for %s failed", cp_id)
             self._metrics.handshake_failures.labels("internal_error").inc()
-            return _http_error(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "try again later")
+            return _http_error(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "try again later",
+                               {"Retry-After": "1"})
         if not verdict.admitted:
             assert verdict.status is not None
             self._metrics.handshake_failures.labels(verdict.reason).inc()
             logger.info("refused %s from %s: %s", cp_id, source, verdict.reason)
-            headers = {"WWW-Authenticate": 'Basic realm="OCPP", charset="UTF-8"'} \
-                if verdict.status == http.HTTPStatus.UNAUTHORIZED else None
+            headers = dict(verdict.headers)
+            if verdict.status == http.HTTPStatus.UNAUTHORIZED:
+                headers.setdefault("WWW-Authenticate", 'Basic realm="OCPP", charset="UTF-8"')  # RFC 7617 §2
             return _http_error(connection, verdict.status, verdict.message, headers)
-        self._verdicts[id(connection)] = verdict
+        # From here on the charger is mid-handshake: commands for it wait for this connection.
+        admission = Admission(cp_id, verdict, None, time.monotonic() + self._limits.open_timeout_s + 1.0)
+        self._admit(connection, admission)
+        if self._connection_epochs is not None:
+            try:
+                # Allocated before the upgrade, so that the handler has it without waiting (item 2).
+                admission.connection_epoch = await self._connection_epochs(cp_id)
+            except Exception:
+                logger.exception("connection epoch for %s not allocated", cp_id)
+                self._admissions.pop(id(connection), None)
+                self._done_handshaking(admission)
+                self._metrics.handshake_failures.labels("internal_error").inc()
+                return _http_error(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "try again later",
+                                   {"Retry-After": "1"})
         return None
+
+    def _admit(self, connection: ServerConnection, admission: Admission) -> None:
+        self._expire_admissions()
+        self._admissions[id(connection)] = admission
+        self._handshaking[admission.charge_point_id] = admission  # the newest handshake wins (R28)
+
+    def _expire_admissions(self) -> None:
+        # A handshake that failed after admission (the client left, open_timeout_s) never reaches
+        # _handle; its entry goes once the handshake's deadline has passed.
+        now = time.monotonic()
+        while self._admissions:
+            key, admission = next(iter(self._admissions.items()))
+            if admission.expires_at > now:
+                break
+            del self._admissions[key]
+            self._done_handshaking(admission)
+
+    def _done_handshaking(self, admission: Admission) -> None:
+        if self._handshaking.get(admission.charge_point_id) is admission:
+            del self._handshaking[admission.charge_point_id]
+        admission.ready.set()
+
+    async def live_connection(self, charge_point_id: str) -> LiveConnection | None:
+        """The charger's usable connection on this node, or None.
+
+        A charger whose handshake was admitted but whose websocket is not registered yet (it is
+        opening right now, possibly replacing an older socket) is waited for, at most
+        ``command_connect_wait_s``: its socket is open or about to be (item 3 of issue 11).
+        """
+        admission = self._handshaking.get(charge_point_id)
+        if admission is not None and admission.expires_at > time.monotonic():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(admission.ready.wait(), self._limits.command_connect_wait_s)
+        conn = self.registry.get(charge_point_id)
+        return conn if conn is not None and conn.usable else None
 
     async def _prime_open_transactions(self, state: ProtocolState) -> None:
         """Without this, events after a reconnect that omit ``evse`` land on EVSE 0 (flagged)."""
@@ -245,61 +340,86 @@ class Gateway:
             state.remember_tx_evse(uid, evse)
 
     async def _handle(self, websocket: ServerConnection) -> None:
-        verdict = self._verdicts.pop(id(websocket), None)
+        admission = self._admissions.pop(id(websocket), None)
         cp_id = parse_charge_point_id(websocket.request.path if websocket.request else "", self._base_path)
-        if cp_id is None or verdict is None or verdict.record is None:
+        if admission is None or cp_id != admission.charge_point_id or admission.verdict.record is None:
+            if admission is not None:
+                self._done_handshaking(admission)
             await websocket.close(1008, "not admitted")
             return
         if websocket.subprotocol is None:
+            self._done_handshaking(admission)
             self._metrics.handshake_failures.labels("no_subprotocol").inc()
             await websocket.close(1002, "no acceptable OCPP subprotocol offered")
             return
         version = ocpp_version_of(websocket.subprotocol)
         remote = str(websocket.remote_address[0]) if websocket.remote_address else ""
-        conn = LiveConnection(cp_id, version, websocket, datetime.now(UTC), remote)
-        record = verdict.record
+        epoch = admission.connection_epoch
+        conn = LiveConnection(cp_id, version, websocket, datetime.now(UTC), remote, connection_epoch=epoch)
+        record = admission.verdict.record
         state = ProtocolState(charge_point_id=ChargePointId(cp_id), version=version,
                               registration=record.registration_status,
                               heartbeat_interval_s=self._limits.heartbeat_interval_s,
                               tolerant=record.tolerant or (record.vendor_model in self._tolerant_models),
                               node_id=self._node_id)
-        if version != "1.6":
-            await self._prime_open_transactions(state)
         session = OcppSession(state=state, services=self._services, validate_responses=self._validate_responses)
-        conn.charger = ChargerConnection(socket=websocket, session=session, bus=self._bus, metrics=self._metrics,
-                                         call_timeout_s=self._limits.call_timeout_s,
-                                         max_queued_calls=self._limits.max_queued_calls,
-                                         max_queued_commands=self._limits.max_queued_commands)
+        charger = ChargerConnection(
+            socket=websocket, session=session, bus=self._bus, metrics=self._metrics,
+            call_timeout_s=self._limits.call_timeout_s, max_queued_calls=self._limits.max_queued_calls,
+            max_queued_commands=self._limits.max_queued_commands,
+            drain_timeout_s=self._limits.connection_drain_timeout_s,
+            rejected_frame_log_interval_s=self._limits.rejected_frame_log_interval_s,
+            rejected_frame_log_burst=self._limits.rejected_frame_log_burst)
+        conn.charger = charger
+        # Registered before any await: a charger whose socket is open is reachable at once.
         old = self.registry.add(conn)
-        if old is not None:
-            # R28: the newer authenticated connection wins; the old socket is usually half-open.
-            logger.info("charge point %s reconnected; closing its previous connection", cp_id)
-            if old.charger is not None:
-                old.charger.outgoing.close()
-            await old.websocket.close(1000, "replaced by a new connection")
+        self._done_handshaking(admission)
         self._metrics.connections_opened.labels(version).inc()
         self._metrics.connected.labels(version).inc()
-        await self._record(cp_id, "connected", "", version)
         reason = "closed"
         try:
-            await conn.charger.run()
+            if old is not None:
+                # R28: the newer authenticated connection wins; the old socket is usually half-open,
+                # and its close may take the whole close timeout: it must not delay this one.
+                logger.info("charge point %s reconnected; closing its previous connection", cp_id)
+                self._close_replaced(old)
+            await self._record(cp_id, "connected", "", version, epoch)
+            if version != "1.6":
+                # Before the first frame is read; without it, events after a reconnect that
+                # omit ``evse`` land on EVSE 0 (flagged).
+                await self._prime_open_transactions(state)
+            await charger.run()
         except ConnectionClosed as exc:
             reason = "closed_by_peer" if exc.rcvd is not None else "connection_lost"
         except Exception:
             reason = "error"
             logger.exception("connection handler for %s failed", cp_id)
         finally:
+            charger.outgoing.close()
             if websocket.close_code == 1001 and reason == "closed":
                 reason = "server_shutdown"
             self._metrics.connected.labels(version).dec()
             self._metrics.connections_closed.labels(reason).inc()
             self.registry.remove(conn)
-            await self._record(cp_id, "disconnected", reason, version)
+            await self._record(cp_id, "disconnected", reason, version, epoch)
 
-    async def _record(self, cp_id: str, event: str, reason: str, version: str) -> None:
+    def _close_replaced(self, old: LiveConnection) -> None:
+        if old.charger is not None:
+            old.charger.outgoing.close()
+        task = asyncio.create_task(old.websocket.close(1000, "replaced by a new connection"),
+                                   name=f"ocpp-close-replaced-{old.charge_point_id}")
+        self._closers.add(task)
+        task.add_done_callback(self._closer_done)
+
+    def _closer_done(self, task: asyncio.Task[None]) -> None:
+        self._closers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("closing a replaced connection failed: %s", task.exception())
+
+    async def _record(self, cp_id: str, event: str, reason: str, version: str, epoch: int | None) -> None:
         now = datetime.now(UTC)
         ev = ConnectionEvent(charge_point_id=cp_id, received_at=now, time=now, event=event,  # type: ignore[arg-type]
-                             reason=reason, node_id=self._node_id, ocpp_version=version)
+                             reason=reason, node_id=self._node_id, ocpp_version=version, connection_epoch=epoch)
         try:
             await self._bus.publish([ev])
         except BusError as exc:
@@ -319,6 +439,11 @@ class Gateway:
                              return_exceptions=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), timeout_s)
+        for task in list(self._closers):
+            task.cancel()
+        if self._closers:
+            await asyncio.wait(self._closers)
+        self._policy.close()   # the KDF threads: no handshake can need them any more
         self._server = None
 
 

@@ -31,7 +31,7 @@ _bearer = HTTPBearer(auto_error=False)
 
 def create_app(*, registry: CollectorRegistry, api_token: str, health: HealthCheck,
                pool: asyncpg.Pool | None, gateway: Gateway | None, ocpi_token: str | None = None,
-               ocpi_country_code: str = "US", ocpi_party_id: str = "CSM") -> FastAPI:
+               ocpi_country_code: str | None = None, ocpi_party_id: str = "CSM") -> FastAPI:
     app = FastAPI(title="CSMS telemetry API", version=__version__,
                   description="Operator API of the OCPP central system; reporting under /api/v1/reporting.")
     token_bytes = api_token.encode()

@@ -7,6 +7,28 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from csms import __version__
+from csms.ocpp.errors import canonical_code
+
+# The CALLERROR codes each OCPP version defines, canonical spelling (csms.ocpp.errors): 1.6J §4.2.3
+# Table 7 (spelled FormationViolation / OccurenceConstraintViolation there, both accepted on
+# receipt), 2.0.1 Part 4 §4.3 Table 8, 2.1 Part 4 §4.3 Table 9 (the same 12 codes as 2.0.1).
+_CODES_201 = frozenset({
+    "FormatViolation", "GenericError", "InternalError", "MessageTypeNotSupported", "NotImplemented", "NotSupported",
+    "OccurrenceConstraintViolation", "PropertyConstraintViolation", "ProtocolError", "RpcFrameworkError",
+    "SecurityError", "TypeConstraintViolation"})
+SPEC_ERROR_CODES: dict[str, frozenset[str]] = {
+    "1.6": _CODES_201 - {"MessageTypeNotSupported", "RpcFrameworkError"},
+    "2.0.1": _CODES_201,
+    "2.1": _CODES_201,
+}
+OTHER_ERROR_CODE = "other"
+
+
+def received_error_code_label(version: str, code: str) -> str:
+    """The label value for an error code a charger sent: its canonical name if the version defines
+    it, else one fixed value, so that chargers can never mint label values (README, Observability)."""
+    canonical = canonical_code(code)
+    return canonical if canonical in SPEC_ERROR_CODES.get(version, _CODES_201) else OTHER_ERROR_CODE
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +72,8 @@ class GatewayMetrics:
             callerrors_sent=Counter("csms_ocpp_callerrors_sent_total", "CALLERRORs sent, by error code",
                                     ["code"], registry=registry),
             callerrors_received=Counter("csms_ocpp_callerrors_received_total",
-                                        "CALLERRORs received from chargers, by error code", ["code"],
+                                        "CALLERRORs received from chargers, by error code (codes their OCPP "
+                                        "version does not define count as 'other')", ["code"],
                                         registry=registry),
             bus_publish_seconds=Histogram("csms_bus_publish_seconds", "Time until published events are durable",
                                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,

@@ -28,8 +28,15 @@ Objects follow mod_locations §8.3.1 (Location), §8.3.2 (EVSE), §8.3.3 (Connec
   All are truncated to milliseconds, the precision that is published, so that ``date_from`` set to a
   published ``last_updated`` matches that object again.
 
+``country_code``/``party_id`` (§8.3.1) name the CPO party that owns the Location, the pair an eMSP keys
+the object by. ``country_code`` is the configured one (``--ocpi-country-code``: a CPO with one OCPI
+registration publishes every site under it, wherever the site is) or, when none is configured, the ISO
+3166-1 alpha-2 form of the location's own ``country`` (alpha-3): a CPO registered once per country, as
+eMI3 operator ids are issued per country (``IN*CSM``, ``DE*CSM``, ``GB*CSM``), so an Indian site is ``IN``.
+
 Left out on purpose, because OCPI would not accept them: locations without coordinates (GeoLocation is
-required), connectors whose ``standard`` is not an OCPI ConnectorType, and EVSEs left without connectors.
+required) or whose ``country`` is not an ISO 3166-1 alpha-3 code, connectors whose ``standard`` is not an
+OCPI ConnectorType, and EVSEs left without connectors.
 Strings longer than OCPI allows (address/city 45, postal_code 10, state 20, name 255) are cut.
 A charger connecting or disconnecting changes ``status`` to/from UNKNOWN without moving ``last_updated``.
 """
@@ -50,6 +57,8 @@ from urllib.parse import urlencode
 
 import asyncpg
 from fastapi import APIRouter, Request, Response
+
+from csms import countries
 
 API_PREFIX = "/ocpi/cpo/2.2.1/locations"
 OPEN_DATA_PATH = "/open-data/ocpi/locations"
@@ -187,8 +196,11 @@ def _opening_times(stored: str | None) -> dict[str, Any]:
 
 
 def _location(rows: Sequence[asyncpg.Record], statuses: dict[_StatusKey, tuple[str, datetime]],
-              live: set[str], country_code: str, party_id: str) -> dict[str, Any]:
+              live: set[str], country_code: str | None, party_id: str) -> dict[str, Any] | None:
     head = rows[0]
+    party_country = country_code or countries.alpha2(head["country"])
+    if party_country is None or not countries.is_alpha3(head["country"]):
+        return None
     evses: list[dict[str, Any]] = []
     current: tuple[str, int] | None = None
     members: list[asyncpg.Record] = []
@@ -229,7 +241,7 @@ def _location(rows: Sequence[asyncpg.Record], statuses: dict[_StatusKey, tuple[s
         members.append(row)
     flush()
 
-    location: dict[str, Any] = {"country_code": country_code, "party_id": party_id, "id": head["id"],
+    location: dict[str, Any] = {"country_code": party_country, "party_id": party_id, "id": head["id"],
                                 "publish": head["is_public"]}
     if head["name"]:
         location["name"] = head["name"][:255]
@@ -248,9 +260,10 @@ def _location(rows: Sequence[asyncpg.Record], statuses: dict[_StatusKey, tuple[s
     return location
 
 
-async def load_locations(pool: asyncpg.Pool, *, live: set[str], country_code: str, party_id: str,
+async def load_locations(pool: asyncpg.Pool, *, live: set[str], country_code: str | None, party_id: str,
                          public_only: bool = False, location_id: str | None = None) -> list[dict[str, Any]]:
-    """OCPI Location objects (``last_updated`` values still as datetimes), ordered by id."""
+    """OCPI Location objects (``last_updated`` values still as datetimes), ordered by id. ``country_code``
+    None: each location's party country is its own country's alpha-2 code."""
     rows = await pool.fetch(_LOCATIONS_SQL, public_only, location_id)
     cp_ids = sorted({r["cp_id"] for r in rows if r["cp_id"] is not None})
     statuses: dict[_StatusKey, tuple[str, datetime]] = {}
@@ -260,7 +273,8 @@ async def load_locations(pool: asyncpg.Pool, *, live: set[str], country_code: st
     grouped: dict[str, list[asyncpg.Record]] = {}
     for row in rows:
         grouped.setdefault(row["id"], []).append(row)
-    return [_location(group, statuses, live, country_code, party_id) for group in grouped.values()]
+    found = (_location(group, statuses, live, country_code, party_id) for group in grouped.values())
+    return [location for location in found if location is not None]
 
 
 # --- HTTP -----------------------------------------------------------------------------------------
@@ -336,16 +350,18 @@ def _page(request: Request, query: ListQuery, locations: list[dict[str, Any]]) -
 
 
 def build_ocpi_router(*, pool: asyncpg.Pool, live_ids: Callable[[], set[str]], token: str,
-                      country_code: str = "US", party_id: str = "CSM",
+                      country_code: str | None = None, party_id: str = "CSM",
                       clock: Callable[[], float] = time.monotonic) -> APIRouter:
     """The OCPI 2.2.1 Locations sender endpoints and the public open-data feed.
 
     ``live_ids`` returns the ids of the chargers connected right now; ``clock`` (monotonic seconds)
-    drives the open-data cache and is only replaced by tests.
+    drives the open-data cache and is only replaced by tests. ``country_code`` None: every location is
+    published under its own country's party (see the module docstring).
     """
     if not token:
         raise ValueError("an OCPI token is required")
-    if len(country_code) != 2 or not country_code.isalpha() or len(party_id) != 3 or not party_id.isalnum():
+    bad_country = country_code is not None and (len(country_code) != 2 or not country_code.isalpha())
+    if bad_country or len(party_id) != 3 or not party_id.isalnum():
         raise ValueError("country_code must be 2 letters and party_id 3 letters/digits (OCPI CiString(2)/(3))")
     accepted = (token.encode(), base64.b64encode(token.encode()))
     router = APIRouter(tags=["ocpi"])

@@ -18,6 +18,7 @@ class IngestMetrics:
     e2e_lag: Histogram
     queue_depth: Gauge
     quality_flags: Counter
+    rollup_port_failures: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
@@ -45,4 +46,7 @@ class IngestMetrics:
                                   registry=registry),
             queue_depth=Gauge("csms_ingest_pending_messages", "Bus messages received but not yet committed",
                               registry=registry),
+            rollup_port_failures=Counter("csms_rollup_port_failures_total",
+                                         "Ports whose roll-up recompute failed (counted per refresh; each is "
+                                         "computed from raw rows meanwhile and retried)", registry=registry),
         )

@@ -34,7 +34,8 @@ class EmbeddedSink:
             name="ingest-maintenance",
         )
         self._rollup = asyncio.create_task(
-            rollup_loop(writer.writer.pool, interval_s=rollup_interval_s, stop=self._stop), name="ingest-rollup")
+            rollup_loop(writer.writer.pool, interval_s=rollup_interval_s, stop=self._stop,
+                        port_failures=writer.metrics.rollup_port_failures), name="ingest-rollup")
 
     async def write(self, events: Sequence[Event]) -> None:
         await self._writer.write(events)
@@ -75,8 +76,8 @@ class _IngestRole:
                 tg.create_task(maintenance_loop(writer.pool, retention_days=settings.retention_days,
                                                 interval_s=MAINTENANCE_INTERVAL_S, stop=stop),
                                name="ingest-maintenance")
-                tg.create_task(rollup_loop(writer.pool, interval_s=settings.rollup_interval_s, stop=stop),
-                               name="ingest-rollup")
+                tg.create_task(rollup_loop(writer.pool, interval_s=settings.rollup_interval_s, stop=stop,
+                                           port_failures=metrics.rollup_port_failures), name="ingest-rollup")
         finally:
             await instrumented.close()
 

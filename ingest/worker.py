@@ -29,6 +29,7 @@ from schemas.events import (
     Event,
     EventBatch,
     MeterEvent,
+    StatusEvent,
     TransactionEvent,
     count_rows,
     decode_batch,
@@ -50,6 +51,10 @@ class InstrumentedWriter:
     @property
     def writer(self) -> TimescaleWriter:
         return self._writer
+
+    @property
+    def metrics(self) -> IngestMetrics:
+        return self._metrics
 
     async def write(self, events: Sequence[Event]) -> None:
         await self.write_batch(events)
@@ -75,7 +80,7 @@ class InstrumentedWriter:
                 for s in ev.samples:
                     if s.flags:
                         flagged[s.flags] += 1
-            elif isinstance(ev, TransactionEvent) and ev.flags:
+            elif isinstance(ev, TransactionEvent | StatusEvent) and ev.flags:
                 flagged[ev.flags] += 1
         for flags, n in flagged.items():
             for bit, name in QUALITY_FLAG_NAMES.items():

@@ -21,14 +21,17 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from schemas.events import ConnectionEvent, Event, LogEvent, MeterEvent, StatusEvent, TransactionEvent
+from schemas.port_state import ENERGY_MEASURAND
 
 logger = logging.getLogger(__name__)
 
 _METER_COLUMNS = ("time", "charge_point_id", "evse_id", "connector_id", "transaction_uid", "measurand", "phase",
-                  "location", "context", "value", "unit", "raw_value", "raw_unit", "quality_flags", "received_at")
+                  "location", "context", "value", "unit", "raw_value", "raw_unit", "quality_flags", "received_at",
+                  "raw_timestamp")
 _STATUS_COLUMNS = ("time", "charge_point_id", "evse_id", "connector_id", "status", "error_code", "vendor_id",
-                   "vendor_error_code", "info", "received_at")
-_CONN_COLUMNS = ("time", "charge_point_id", "event", "reason", "node_id", "ocpp_version", "detail")
+                   "vendor_error_code", "info", "received_at", "quality_flags", "raw_timestamp")
+_CONN_COLUMNS = ("time", "charge_point_id", "event", "reason", "node_id", "ocpp_version", "detail",
+                 "connection_epoch")
 _LOG_COLUMNS = ("time", "charge_point_id", "action", "payload", "digest", "received_at")
 
 _NATURAL_ORDER = {
@@ -180,14 +183,19 @@ class TimescaleWriter:
                 for s in ev.samples:
                     meter.append((s.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.transaction_uid,
                                   s.measurand, s.phase, s.location, s.context, s.value, s.unit,
-                                  s.raw_value, s.raw_unit, s.flags, ev.received_at))
+                                  s.raw_value, s.raw_unit, s.flags, ev.received_at, s.raw_time))
+                # Energy per quarter hour (roll-up, migration 0005) depends on a session's register samples.
+                registers = [s.time for s in ev.samples if s.measurand == ENERGY_MEASURAND]
+                if ev.transaction_uid and registers:
+                    _mark(dirty, ev.charge_point_id, ev.evse_id, min(registers))
             elif isinstance(ev, StatusEvent):
                 status.append((ev.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.status,
-                               ev.error_code, ev.vendor_id, ev.vendor_error_code, ev.info, ev.received_at))
+                               ev.error_code, ev.vendor_id, ev.vendor_error_code, ev.info, ev.received_at,
+                               ev.flags, ev.raw_time))
                 _mark(dirty, ev.charge_point_id, ev.evse_id, ev.time)
             elif isinstance(ev, ConnectionEvent):
                 conns.append((ev.time, ev.charge_point_id, ev.event, ev.reason, ev.node_id, ev.ocpp_version,
-                              ev.detail))
+                              ev.detail, ev.connection_epoch))
                 if ev.event == "boot":
                     boots.append(ev)
             elif isinstance(ev, LogEvent):

@@ -26,8 +26,13 @@ FLAG_IMPLAUSIBLE_UNIT = 1 << 5        # unit unknown for the measurand, or magni
 FLAG_CONNECTOR_ZERO_TOTAL = 1 << 6    # connector 0: station main meter, not a session's energy
 FLAG_SCHEMA_TOLERATED = 1 << 7        # message failed schema validation, accepted in tolerant mode
 FLAG_UNPARSEABLE_VALUE = 1 << 8       # value could not be read as a number (kept raw)
+# 1.6 StopTransaction/MeterValues for a transactionId the CSMS does not know (-1, errata 3.18, or
+# an id never given to this charger): its own session, never merged into a known one; a stop
+# names no connector in 1.6, so the session's connector is unknown (NULL).
+FLAG_UNKNOWN_TRANSACTION = 1 << 9
 
 QUALITY_FLAG_NAMES: dict[int, str] = {
+    FLAG_UNKNOWN_TRANSACTION: "unknown_transaction",
     FLAG_REGISTER_DECREASED: "register_decreased",
     FLAG_OUTSIDE_TRANSACTION: "outside_transaction",
     FLAG_FUTURE_TIMESTAMP: "future_timestamp",
@@ -57,6 +62,11 @@ class ConnectionEvent(_Event, frozen=True, tag="conn"):
     ocpp_version: str = ""
     # boot: vendor, model, serial_number, firmware_version, registration_status.
     detail: dict[str, str] | None = None
+    # connected/disconnected: the charger's connection epoch, allocated by the database for each
+    # admitted websocket (higher = newer). A "disconnected" of a lower epoch than the charger's
+    # latest "connected" is a replaced socket closing late and does not make the charger offline.
+    # None: events of producers from before epochs existed.
+    connection_epoch: int | None = None
 
 
 class StatusEvent(_Event, frozen=True, tag="status"):
@@ -70,6 +80,10 @@ class StatusEvent(_Event, frozen=True, tag="status"):
     vendor_id: str = ""
     vendor_error_code: str = ""
     info: str = ""
+    # Data-quality flags (FLAG_*_TIMESTAMP): an implausible timestamp is replaced by received_at,
+    # the charger's text kept in raw_time (csms/ocpp/normalise.py event_time).
+    flags: int = 0
+    raw_time: str = ""
 
 
 class Sample(msgspec.Struct, frozen=True, array_like=True):
@@ -85,6 +99,7 @@ class Sample(msgspec.Struct, frozen=True, array_like=True):
     raw_value: str
     raw_unit: str
     flags: int = 0
+    raw_time: str = ""  # the charger's timestamp when it was implausible and replaced (flags say why)
 
 
 class MeterEvent(_Event, frozen=True, tag="meter"):

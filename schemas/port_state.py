@@ -7,19 +7,40 @@ last reported chargingState Charging (2.0.1 has no Charging connector status, Pa
 §E TransactionEvent). A state lasts until the next row; the last one lasts until the end of
 the window. A 2.0.1 transaction stops charging at its Ended event.
 
+Energy (:func:`session_energy`) is the energy that flowed in each quarter hour: per transaction,
+the points meterStart at its start, its trusted Energy.Active.Import.Register samples and
+meterStop at its stop; a reading below an earlier one is held at the earlier value (running
+maximum), and each difference between consecutive points is spread linearly over the time between
+them (linear interpolation of the register). A session without samples spreads meterStop −
+meterStart over its duration; one still open counts up to its latest point. Samples flagged as
+untrusted (:data:`UNTRUSTED_REGISTER_FLAGS`) do not count. A session's energy counts in its first
+``LOOKBACK`` only (a session whose stop never came must not be read for ever).
+
 The ingest side rolls these up into ``port_state_15m`` and ``port_occupancy_spans``; the
 reports compute the not-yet-rolled-up remainder with the same functions, so both agree.
+Interpolation looks ahead (a step's end may arrive after the roll-up ran), so the point from
+which a port must be recomputed is moved back to the start of any session running there
+(:func:`settled_cuts`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from schemas.events import (
+    FLAG_ANCIENT_TIMESTAMP,
+    FLAG_CONNECTOR_ZERO_TOTAL,
+    FLAG_FUTURE_TIMESTAMP,
+    FLAG_IMPLAUSIBLE_UNIT,
+    FLAG_OUTSIDE_TRANSACTION,
+    FLAG_REGISTER_DECREASED,
+    FLAG_UNPARSEABLE_VALUE,
+)
 from schemas.intervals import Interval, intersect, merge
 
 BUCKET = timedelta(minutes=15)
@@ -31,6 +52,18 @@ MIN_SUCCESS_WH = 500
 FAILED_STOP_REASONS = frozenset({"EmergencyStop", "PowerLoss", "HardReset", "SoftReset", "Reboot", "GroundFault",
                                  "OvercurrentFault", "PowerQuality"})
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# Rows before this are implausible (the data-quality rule, csms/ocpp/normalise.py): no
+# arithmetic starts before it, so a stray year-1 row cannot push a computation out of range.
+EARLIEST = datetime(2010, 1, 1, tzinfo=UTC)
+ENERGY_MEASURAND = "Energy.Active.Import.Register"
+# India's solar hours, station-local [09:00, 16:00) (MoP EV charging guidelines 2024, reporting.md §4.1):
+# the roll-up keeps each day's energy in them (port_state_day.energy_solar_wh). On quarter hours in
+# every zone in use, so a quarter hour is wholly inside or outside them.
+SOLAR_HOURS = (time(9, 0), time(16, 0))
+# Register samples that are not trusted as readings of the session's energy.
+UNTRUSTED_REGISTER_FLAGS = (FLAG_REGISTER_DECREASED | FLAG_OUTSIDE_TRANSACTION | FLAG_FUTURE_TIMESTAMP
+                            | FLAG_ANCIENT_TIMESTAMP | FLAG_IMPLAUSIBLE_UNIT | FLAG_CONNECTOR_ZERO_TOTAL
+                            | FLAG_UNPARSEABLE_VALUE)
 
 PortKey = tuple[str, int]
 
@@ -53,11 +86,23 @@ class TxEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class MeteredSession:
+    """One transaction's energy points: meterStart/meterStop and its trusted register samples."""
+
+    started_at: datetime
+    stopped_at: datetime | None          # None while open
+    meter_start_wh: float | None = None
+    meter_stop_wh: float | None = None
+    readings: Sequence[tuple[datetime, float]] = ()   # (time, Wh), any order
+
+
+@dataclass(frozen=True, slots=True)
 class PortHistory:
     """Rows of one port from ``read_from`` on, the first being the status in force then."""
 
     statuses: Sequence[tuple[datetime, str]]
     transactions: Sequence[Sequence[TxEvent]] = ()
+    sessions: Sequence[MeteredSession] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +119,76 @@ class Span:
 class PortMinutes:
     buckets: dict[datetime, tuple[float, float]] = field(default_factory=dict)  # start → (occupied_s, charging_s)
     spans: list[Span] = field(default_factory=list)
+    energy: dict[datetime, float] = field(default_factory=dict)                 # start → Wh that flowed
+
+
+Step = tuple[datetime, datetime, float]   # (t0, t1, Wh) spread uniformly over [t0, t1)
+
+
+def register_steps(session: MeteredSession) -> list[Step]:
+    """The session's register differences, never negative, adding up to its energy.
+
+    Points: meterStart at the start, the readings inside [start, stop] that lie between
+    meterStart and meterStop (when known), meterStop at the stop (a stop before the start,
+    a charger's clock, is taken as the start). Ordered by (time, value); a reading below an
+    earlier one is held at the earlier value, so the steps sum to meterStop − meterStart (0
+    if negative)."""
+    start = session.started_at
+    stop = max(start, session.stopped_at) if session.stopped_at is not None else None
+    low, high = session.meter_start_wh, session.meter_stop_wh
+    points: list[tuple[datetime, float]] = []
+    if low is not None:
+        points.append((start, low))
+    for moment, value in session.readings:
+        if moment < start or (stop is not None and moment > stop) or value != value:   # NaN
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            continue
+        points.append((moment, value))
+    if stop is not None and high is not None:
+        points.append((stop, high))
+    points.sort()
+    steps: list[Step] = []
+    level: float | None = None
+    previous = start
+    for moment, value in points:
+        if level is not None and value > level:
+            steps.append((previous, moment, value - level))
+        level = value if level is None else max(level, value)
+        previous = moment
+    return steps
+
+
+def spread(steps: Iterable[Step], window: Interval, out: dict[datetime, float] | None = None) -> dict[datetime, float]:
+    """Wh of each step that flowed inside ``window``, per 15-minute bucket (linear in time; an
+    instantaneous step belongs to its instant)."""
+    out = {} if out is None else out
+    for t0, t1, wh in steps:
+        if t1 == t0:
+            if window[0] <= t0 < window[1]:
+                bucket = floor_bucket(t0)
+                out[bucket] = out.get(bucket, 0.0) + wh
+            continue
+        lo, hi = max(t0, window[0]), min(t1, window[1])
+        span = (t1 - t0).total_seconds()
+        cursor = lo
+        while cursor < hi:   # bounded: one pass per quarter hour of the clipped step
+            bucket = floor_bucket(cursor)
+            stop = min(hi, bucket + BUCKET)
+            out[bucket] = out.get(bucket, 0.0) + wh * (stop - cursor).total_seconds() / span
+            cursor = stop
+    return out
+
+
+def session_energy(sessions: Iterable[MeteredSession], window: Interval) -> dict[datetime, float]:
+    """Wh per 15-minute bucket inside ``window`` over the sessions; each session counts in
+    [its start, its start + LOOKBACK) only, whatever the window (so every window agrees)."""
+    out: dict[datetime, float] = {}
+    for session in sessions:
+        horizon = (max(window[0], session.started_at), min(window[1], session.started_at + LOOKBACK))
+        if horizon[0] < horizon[1]:
+            spread(register_steps(session), horizon, out)
+    return dict(sorted(out.items()))
 
 
 def _state_spans(rows: Sequence[tuple[datetime, str]], wanted: frozenset[str], until: datetime) -> list[Interval]:
@@ -139,6 +254,7 @@ def port_minutes(history: PortHistory, window: Interval) -> PortMinutes:
             k += 1
         idle = (end - last_charge).total_seconds() if last_charge is not None else None
         result.spans.append(Span(start, end, charged, idle))
+    result.energy = session_energy(history.sessions, window)
     return result
 
 
@@ -152,9 +268,10 @@ b AS MATERIALIZED (
           AND x.time >= p.w0 - $5::interval AND NOT (x.status = ANY($4::text[]))
         ORDER BY x.time DESC LIMIT 1)) AS read_from
     FROM p)
+-- Rows before $7 (EARLIEST) are implausible and stay out of the arithmetic.
 SELECT b.cp, b.evse, b.read_from, s.time, s.status FROM b CROSS JOIN LATERAL (
     (SELECT x.time, x.status, x.received_at FROM connector_status x
-     WHERE x.charge_point_id = b.cp AND x.evse_id = b.evse AND x.time <= b.read_from
+     WHERE x.charge_point_id = b.cp AND x.evse_id = b.evse AND x.time <= b.read_from AND x.time >= $7
      ORDER BY x.time DESC, x.received_at DESC LIMIT 1)
     UNION ALL
     (SELECT x.time, x.status, x.received_at FROM connector_status x
@@ -176,6 +293,56 @@ ORDER BY b.cp, b.evse, e.transaction_uid, e.time, e.seq_no
 """
 
 
+# Energy: the sessions of each port that can have energy in [w0, $5) (a session that started before
+# w0 − LOOKBACK has none there, session_energy), $6 the earliest w0 − LOOKBACK (a constant for the index).
+_ENERGY_TX_SQL = """
+SELECT v.cp, v.evse, t.transaction_uid AS uid, t.started_at,
+       CASE WHEN t.stopped_at IS NOT NULL THEN GREATEST(t.started_at, t.stopped_at) END AS stop,
+       t.meter_start_wh::float8 AS w0, t.meter_stop_wh::float8 AS w1
+FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS v(cp, evse, w0)
+JOIN transactions t ON t.charge_point_id = v.cp AND t.evse_id = v.evse
+WHERE t.started_at >= v.w0 - $4::interval AND t.started_at < $5 AND t.started_at >= $6
+  AND (t.stopped_at IS NULL OR GREATEST(t.started_at, t.stopped_at) >= v.w0)
+"""
+
+# Their trusted register samples: $1 the charge points, [$2, $3] the sessions' time span (constants: only
+# those chunks are read), $4 the measurand, $5 UNTRUSTED_REGISTER_FLAGS. Matched to the sessions in
+# Python: one predictable scan, never a nested loop of sessions × chunks.
+_ENERGY_SAMPLES_SQL = """
+SELECT m.charge_point_id AS cp, m.transaction_uid AS uid, m.time, m.value FROM meter_samples m
+WHERE m.charge_point_id = ANY($1::text[]) AND m.time >= $2 AND m.time <= $3 AND m.measurand = $4
+  AND m.phase = '' AND m.location IN ('Outlet', '') AND m.quality_flags & $5 = 0 AND m.value <> 'NaN'::float8
+  AND m.transaction_uid <> ''
+"""
+
+# Sessions running at each port's cut: the roll-up's buckets before the cut may lack a step that
+# ends after it (interpolation looks ahead), so recomputing starts at such a session's start.
+_RUNNING_SQL = """
+SELECT v.cp, v.evse, min(t.started_at) AS started_at
+FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS v(cp, evse, cut)
+JOIN transactions t ON t.charge_point_id = v.cp AND t.evse_id = v.evse
+    AND t.started_at >= v.cut - $4::interval AND t.started_at < v.cut
+    AND (t.stopped_at IS NULL OR t.stopped_at >= v.cut)
+GROUP BY 1, 2
+"""
+
+
+async def settled_cuts(conn: asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool,
+                       ports: Sequence[tuple[str, int, datetime]]) -> dict[PortKey, datetime]:
+    """Per (charge point, EVSE, cut): the quarter hour from which the port must be computed
+    afresh, the cut moved back to the start of any session running at it, never before
+    ``EARLIEST``."""
+    out = {(cp, evse): floor_bucket(max(cut, EARLIEST)) for cp, evse, cut in ports}
+    if not ports:
+        return out
+    keys = list(out)
+    for r in await conn.fetch(_RUNNING_SQL, [k[0] for k in keys], [k[1] for k in keys], [out[k] for k in keys],
+                              LOOKBACK):
+        key = (r["cp"], r["evse"])
+        out[key] = min(out[key], floor_bucket(max(r["started_at"], EARLIEST)))
+    return out
+
+
 async def load_histories(conn: asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool,
                          ports: Sequence[tuple[str, int, datetime]], until: datetime) -> dict[PortKey, PortHistory]:
     """The rows each port's minutes in [window_from, until) depend on, ``ports`` being
@@ -184,7 +351,7 @@ async def load_histories(conn: asyncpg.Connection | PoolConnectionProxy | asyncp
     if not ports:
         return {}
     cps, evses, starts = [p[0] for p in ports], [p[1] for p in ports], [p[2] for p in ports]
-    rows = await conn.fetch(_STATUS_SQL, cps, evses, starts, list(OCCUPIED), LOOKBACK, until)
+    rows = await conn.fetch(_STATUS_SQL, cps, evses, starts, list(OCCUPIED), LOOKBACK, until, EARLIEST)
     statuses: dict[PortKey, list[tuple[datetime, str]]] = {}
     read_from: dict[PortKey, datetime] = {}
     for r in rows:
@@ -200,4 +367,32 @@ async def load_histories(conn: asyncpg.Connection | PoolConnectionProxy | asyncp
     for r in tx_rows:
         txs.setdefault((r["cp"], r["evse"]), {}).setdefault(r["transaction_uid"], []).append(
             TxEvent(r["time"], r["charging_state"], r["ended"]))
-    return {key: PortHistory(statuses.get(key, []), list(txs.get(key, {}).values())) for key in keys}
+    sessions = await load_sessions(conn, ports, until)
+    return {key: PortHistory(statuses.get(key, []), list(txs.get(key, {}).values()), sessions.get(key, ()))
+            for key in keys}
+
+
+async def load_sessions(conn: asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool,
+                        ports: Sequence[tuple[str, int, datetime]],
+                        until: datetime) -> dict[PortKey, list[MeteredSession]]:
+    """The metered sessions whose energy can fall in [window_from, until) of each port."""
+    if not ports:
+        return {}
+    floor = min(p[2] for p in ports) - LOOKBACK
+    sessions = await conn.fetch(_ENERGY_TX_SQL, [p[0] for p in ports], [p[1] for p in ports], [p[2] for p in ports],
+                                LOOKBACK, until, floor)
+    if not sessions:
+        return {}
+    readings: dict[tuple[str, str], list[tuple[datetime, float]]] = {(r["cp"], r["uid"]): [] for r in sessions}
+    latest = max(r["stop"] or datetime.now(UTC) for r in sessions)
+    for r in await conn.fetch(_ENERGY_SAMPLES_SQL, sorted({r["cp"] for r in sessions}),
+                              min(r["started_at"] for r in sessions), latest, ENERGY_MEASURAND,
+                              UNTRUSTED_REGISTER_FLAGS):
+        found = readings.get((r["cp"], r["uid"]))
+        if found is not None:
+            found.append((r["time"], r["value"]))
+    out: dict[PortKey, list[MeteredSession]] = {}
+    for r in sorted(sessions, key=lambda r: (r["cp"], r["evse"], r["uid"])):
+        out.setdefault((r["cp"], r["evse"]), []).append(
+            MeteredSession(r["started_at"], r["stop"], r["w0"], r["w1"], readings[(r["cp"], r["uid"])]))
+    return out

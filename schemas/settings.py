@@ -53,6 +53,17 @@ class Settings:
                                                 roles="run,serve")
     max_queued_commands_per_charger: int = _opt(16, "operator commands waiting for one charger at most",
                                                 roles="run,serve")
+    command_connect_wait_s: float = _opt(2.0, "a command for a charger whose websocket handshake is admitted but "
+                                              "not open yet waits this long for it, then 409",
+                                         roles="run,serve")
+    connection_drain_timeout_s: float = _opt(10.0, "after a disconnect, time the CALLs already received get to "
+                                                   "be stored (they are not answered; the charger resends)",
+                                             roles="run,serve")
+    rejected_frame_log_interval_s: float = _opt(60.0, "per connection, rejected frames beyond the first few of "
+                                                      "each interval are logged at DEBUG and counted in one INFO "
+                                                      "line per interval", roles="run,serve")
+    rejected_frame_log_burst: int = _opt(5, "rejected frames per connection logged at INFO one by one in each "
+                                            "--rejected-frame-log-interval-s", roles="run,serve")
 
     # Charger identity and security profiles (1.6 Security Whitepaper; 2.0.1 Part 2 A00).
     security_profile: int = _opt(1, "endpoint security profile: 1 Basic auth, 2 TLS + Basic auth, 3 mutual TLS "
@@ -71,6 +82,21 @@ class Settings:
                                                   roles="run,serve")
     handshake_burst_per_source: int = _opt(500, "handshakes a source address may make in a burst",
                                            roles="run,serve")
+    auth_failures_per_source_per_min: float = _opt(
+        30.0, "failed charger authentications (and onboardings) per minute per source address, also the burst; "
+              "beyond it handshakes get 429 before any password hashing", roles="run,serve")
+    auth_failures_per_id_per_min: float = _opt(
+        10.0, "failed authentications per minute per charge point id, also the burst; beyond it 429",
+        roles="run,serve")
+    kdf_workers: int = _opt(2, "threads that hash and verify charger passwords (Argon2id), off the event loop",
+                            roles="run,serve")
+    kdf_queue_max: int = _opt(128, "password checks waiting for a KDF thread at most; beyond it handshakes get "
+                                   "503 with Retry-After", roles="run,serve")
+    kdf_queue_max_per_source: int = _opt(16, "password checks of one source address waiting or running at most; "
+                                             "beyond it 503 with Retry-After (one address cannot fill the queue)",
+                                         roles="run,serve")
+    onboard_max_pending: int = _opt(100, "unknown ids admitted by --onboard-unknown and still pending at most; "
+                                         "beyond it unknown ids get 404 and no row", roles="run,serve")
 
     # HTTP: API, /metrics, /healthz.
     http_host: str = _opt("127.0.0.1", "address of the HTTP API and /metrics")
@@ -79,7 +105,9 @@ class Settings:
     ocpi_token: str | None = _opt(None, "token OCPI partners send (Authorization: Token …); unset = partner "
                                         "endpoints refuse everyone (the public open-data feed still works)",
                                   roles="run,serve")
-    ocpi_country_code: str = _opt("US", "OCPI country_code of this CPO (ISO 3166-1 alpha-2)", roles="run,serve")
+    ocpi_country_code: str | None = _opt(None, "OCPI country_code (ISO 3166-1 alpha-2) of the CPO party every "
+                                               "location is published under; unset = each location's own "
+                                               "country (IND → IN)", roles="run,serve")
     ocpi_party_id: str = _opt("CSM", "OCPI party_id of this CPO (3 characters)", roles="run,serve")
 
     # Database.
@@ -134,6 +162,15 @@ class Settings:
             raise SettingsError("security profiles 2 and 3 need tls_cert_file and tls_key_file")
         if self.security_profile == 3 and self.tls_client_ca_file is None:
             raise SettingsError("security profile 3 needs tls_client_ca_file to verify charger certificates")
+        if (self.auth_failures_per_source_per_min <= 0 or self.auth_failures_per_id_per_min <= 0
+                or self.kdf_workers < 1 or self.kdf_queue_max < 0 or self.kdf_queue_max_per_source < 1
+                or self.onboard_max_pending < 1):
+            raise SettingsError("auth failure budgets, kdf_workers, kdf_queue_max_per_source and "
+                                "onboard_max_pending must be positive, kdf_queue_max at least 0")
+        if (self.command_connect_wait_s < 0 or self.connection_drain_timeout_s <= 0
+                or self.rejected_frame_log_interval_s <= 0 or self.rejected_frame_log_burst < 0):
+            raise SettingsError("command_connect_wait_s and rejected_frame_log_burst must be at least 0, "
+                                "connection_drain_timeout_s and rejected_frame_log_interval_s positive")
         if self.api_token is not None and len(self.api_token) < 16:
             raise SettingsError("api_token must be at least 16 characters")
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -25,12 +26,23 @@ class RecordingSink:
         self.gate = asyncio.Event()
         self.gate.set()
         self.fail = False
+        self.entered = asyncio.Event()
 
     async def write(self, events: Sequence[Event]) -> None:
+        self.entered.set()
         await self.gate.wait()
         if self.fail:
             raise RuntimeError("disk on fire")
         self.writes.append(list(events))
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait (bounded) for a state of the bus instead of a fixed sleep: on a busy machine the writer
+    task may not have run yet after any given sleep."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
 
 
 async def test_publishes_during_a_write_share_the_next_write() -> None:
@@ -39,9 +51,9 @@ async def test_publishes_during_a_write_share_the_next_write() -> None:
     await bus.start()
     sink.gate.clear()
     first = asyncio.create_task(bus.publish([_event(0)]))
-    await asyncio.sleep(0.01)  # the writer is now blocked inside the first write
+    await asyncio.wait_for(sink.entered.wait(), 10)  # the writer is now blocked inside the first write
     rest = [asyncio.create_task(bus.publish([_event(i)])) for i in range(1, 51)]
-    await asyncio.sleep(0.01)
+    await _until(lambda: bus._queue.qsize() == 50)   # all 50 queued behind it
     sink.gate.set()
     await asyncio.gather(first, *rest)
     assert [len(w) for w in sink.writes] == [1, 50]
@@ -68,7 +80,8 @@ async def test_pending_rows_are_bounded() -> None:
     await bus.start()
     sink.gate.clear()
     tasks = [asyncio.create_task(bus.publish([_event(i)])) for i in range(30)]
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(sink.entered.wait(), 10)
+    await _until(lambda: bus._pending_rows == 10)  # the bound is reached: the rest must wait now
     assert bus._pending_rows <= 10  # publishers beyond the bound wait instead of queueing
     sink.gate.set()
     await asyncio.gather(*tasks)

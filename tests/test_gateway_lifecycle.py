@@ -27,7 +27,9 @@ async def _call(ws: websockets.ClientConnection, frame: list[object]) -> list[ob
 async def test_unknown_charger_is_onboarded_pending_until_an_operator_accepts_it(db_url: str) -> None:
     async with running_central(db_url, onboard_unknown=True) as central:
         url = f"{central.ws_base}/NEWCOMER"
-        async with websockets.connect(url, subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+        # Onboarding pins the first password presented (trust on first use; tests/test_handshake_security.py).
+        auth = basic_auth("NEWCOMER", PASSWORD)
+        async with websockets.connect(url, subprotocols=["ocpp1.6"], additional_headers=auth) as ws:  # type: ignore[list-item]
             boot = await _call(ws, BOOT)
             assert boot[2]["status"] == "Pending"  # type: ignore[index]
             assert boot[2]["interval"] == 60  # type: ignore[index]
@@ -36,7 +38,7 @@ async def test_unknown_charger_is_onboarded_pending_until_an_operator_accepts_it
         async with central.api() as api:
             reply = await api.post("/api/v1/charge-points/NEWCOMER/admission", json={"admission": "accept"})
             assert reply.status_code == 200
-        async with websockets.connect(url, subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+        async with websockets.connect(url, subprotocols=["ocpp1.6"], additional_headers=auth) as ws:  # type: ignore[list-item]
             boot = await _call(ws, BOOT)
             assert boot[2]["status"] == "Accepted"  # type: ignore[index]
 

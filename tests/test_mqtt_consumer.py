@@ -27,6 +27,7 @@ from ingest.mqtt_consumer import AckingConsumer
 async def main():
     c = AckingConsumer(url=sys.argv[1], client_id=sys.argv[2], topic=sys.argv[3], max_queued_messages=100)
     async with c:
+        print("subscribed", flush=True)  # SUBACK received: what is published from now on reaches us
         got = []
         while len(got) < 5:
             m = await c.get(10)
@@ -34,7 +35,9 @@ async def main():
                 got.append(m)
         for m in got[:2]:
             c.ack(m)
-        await asyncio.sleep(0.5)  # the acks are on the wire
+        # The broker handles one connection's packets in order: once it has acknowledged this publish,
+        # it has processed the two PUBACKs sent before it (a fixed sleep is not enough on a busy machine).
+        await c.publish(sys.argv[3] + "/barrier", b"acks sent")
         print("received", [m.payload.decode() for m in got], flush=True)
         time.sleep(600)  # then the process is killed: no disconnect, no more acks
 asyncio.run(main())
@@ -47,13 +50,15 @@ async def test_unacknowledged_messages_are_redelivered_after_a_crash(mosquitto: 
     proc = subprocess.Popen([sys.executable, "-c", CRASHING_CONSUMER, mosquitto.url, client_id, topic],
                             stdout=subprocess.PIPE, text=True)
     try:
-        await asyncio.sleep(1.5)  # subscribed by now
+        assert proc.stdout is not None
+        # Wait until the consumer is subscribed, not a fixed time: a message published before reaches nobody.
+        ready = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        assert ready.startswith("subscribed"), ready
         addr = parse_mqtt_url(mosquitto.url)
         async with aiomqtt.Client(addr.host, addr.port) as publisher:
             for i in range(5):
                 await publisher.publish(topic, f"m{i}".encode(), qos=1)
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
         assert line.startswith("received")
     finally:
         proc.kill()
@@ -62,8 +67,13 @@ async def test_unacknowledged_messages_are_redelivered_after_a_crash(mosquitto: 
             proc.stdout.close()
     consumer = AckingConsumer(url=mosquitto.url, client_id=client_id, topic=topic, max_queued_messages=100)
     async with consumer:
-        again = []
-        while (m := await consumer.get(3)) is not None:
+        again: list[str] = []
+        # Wait for the three redeliveries (bounded per message), then take whatever else comes: m0/m1
+        # again would be a duplicate.
+        while len(again) < 3 and (m := await consumer.get(30)) is not None:
+            again.append(m.payload.decode())
+            consumer.ack(m)
+        while len(again) < 20 and (m := await consumer.get(1)) is not None:
             again.append(m.payload.decode())
             consumer.ack(m)
     assert sorted(again) == ["m2", "m3", "m4"]
@@ -105,7 +115,8 @@ async def test_ended_before_started_through_the_bus_is_one_session(postgres: Pos
         conn = await asyncpg.connect(db_url)
         try:
             row = None
-            for _ in range(100):
+            deadline = asyncio.get_running_loop().time() + 60   # bounded in time: ingest is slower when busy
+            while asyncio.get_running_loop().time() < deadline:
                 row = await conn.fetchrow("SELECT * FROM transactions WHERE transaction_uid = 'tx-ooo'")
                 if row is not None and row["started_at"] is not None and row["stopped_at"] is not None:
                     break

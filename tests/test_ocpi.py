@@ -27,7 +27,7 @@ HOURS = {"twentyfourseven": False,
 
 STATUSES = {"AVAILABLE", "BLOCKED", "CHARGING", "INOPERATIVE", "OUTOFORDER", "PLANNED", "REMOVED", "RESERVED",
             "UNKNOWN"}
-CONNECTOR_TYPES_EMITTED = {"IEC_62196_T2", "IEC_62196_T1", "IEC_62196_T1_COMBO", "CHADEMO"}
+CONNECTOR_TYPES_EMITTED = {"IEC_62196_T2", "IEC_62196_T2_COMBO", "IEC_62196_T1", "IEC_62196_T1_COMBO", "CHADEMO"}
 FORMATS = {"SOCKET", "CABLE"}
 POWER_TYPES = {"AC_1_PHASE", "AC_2_PHASE", "AC_2_PHASE_SPLIT", "AC_3_PHASE", "DC"}
 DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z")
@@ -431,3 +431,31 @@ async def test_open_data_public_cached_and_cors(env: Env) -> None:
     assert bad.status_code == 400
     assert bad.headers["Access-Control-Allow-Origin"] == "*"
     validate_envelope(bad.json(), 2001)
+
+
+@pytest.mark.integration
+async def test_country_code_is_the_sites_country_unless_one_party_is_configured(env: Env) -> None:
+    # OCPI 2.2.1 §8.3.1: country_code/party_id name the CPO party that owns the Location. Unconfigured,
+    # that is the party of the site's own country (alpha-3 -> alpha-2); configured, one party for all.
+    for loc, country, zone in (("LOC-IN", "IND", "Asia/Kolkata"), ("LOC-DE", "DEU", "Europe/Berlin"),
+                               ("LOC-GB", "GBR", "Europe/London")):
+        await upsert_location(env.pool, LocationSpec(loc, loc, country=country, latitude=10.0, longitude=20.0,
+                                                     time_zone=zone))
+        await add_charge_point(env.pool, ChargePointSpec(f"CP-{loc}", location_id=loc, password="x" * 16, evses=(
+            EvseSpec(1, connectors=(ConnectorSpec(power_type="DC", rated_power_w=60000.0),)),)))
+    await env.pool.execute("INSERT INTO locations (id, name, country, latitude, longitude) "
+                           "VALUES ('LOC-ZZ', 'Nowhere land', 'ZZZ', 1, 1)")     # written past the registry
+    listed = validate_envelope((await env.get(LIST)).json())
+    codes = {loc["id"]: (loc["country"], loc["country_code"]) for loc in listed}
+    assert codes == {"LOC-IN": ("IND", "IN"), "LOC-DE": ("DEU", "DE"), "LOC-GB": ("GBR", "GB"),
+                     "LOC-PUB": ("USA", "US"), "LOC-PRIV": ("USA", "US")}          # LOC-ZZ: no such country
+    india = await env.location("LOC-IN")
+    [connector] = india["evses"][0]["connectors"]
+    assert (connector["standard"], connector["format"], connector["power_type"]) == (
+        "IEC_62196_T2_COMBO", "CABLE", "DC")                                          # not a Type 2 socket
+    app = fastapi.FastAPI()
+    app.include_router(build_ocpi_router(pool=env.pool, live_ids=set, token=TOKEN, country_code="NL"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        pinned = (await client.get(LIST, headers={"Authorization": f"Token {TOKEN}"})).json()["data"]
+    assert {loc["country_code"] for loc in pinned} == {"NL"}
+    assert {loc["id"]: loc["country"] for loc in pinned}["LOC-IN"] == "IND"

@@ -6,6 +6,8 @@ replays messages as a charger does after a lost answer, and reconnects mid-trans
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +20,17 @@ from tests.central import PASSWORD, running_central
 from tests.chargers import connect_charger, iso, t0
 
 pytestmark = pytest.mark.integration
+
+
+async def _disconnects_stored(db: asyncpg.Connection, cp_id: str, count: int, timeout_s: float = 30) -> None:
+    """Wait (bounded) until the server has stored ``count`` disconnects of ``cp_id``: the client's close
+    returns before the server's handler has recorded its end, which a busy machine can delay past the
+    next connection's "connected"."""
+    deadline = time.monotonic() + timeout_s
+    while await db.fetchval("SELECT count(*) FROM connection_events WHERE charge_point_id = $1 "
+                            "AND event = 'disconnected'", cp_id) < count:
+        assert time.monotonic() < deadline, f"{cp_id}: the disconnect was not stored"
+        await asyncio.sleep(0.05)
 
 
 def sv16(value: str, measurand: str = "Energy.Active.Import.Register", unit: str = "Wh",
@@ -58,6 +71,7 @@ async def test_ocpp16_session_is_stored_exactly_once_despite_retries_and_a_recon
                                      sv16("32", "Current.Import", "A", phase="L1")]}])
                 await cp.call(mv)
                 await cp.call(mv)  # repeated after a lost answer: stored once
+        await _disconnects_stored(db, "CP16", 1)
         # The charger reconnects mid-transaction: no new BootNotification (1.6J §5.4), and the
         # CSMS must remember that it was Accepted (R33).
         async with connect_charger(central.ws_base, "CP16", "1.6", password=PASSWORD) as cp:

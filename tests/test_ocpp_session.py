@@ -31,6 +31,7 @@ from csms.ocpp.validation import known_actions, load_schema, validate
 from schemas.events import (
     FLAG_CONNECTOR_ZERO_TOTAL,
     FLAG_METER_STOP_BELOW_START,
+    FLAG_UNKNOWN_TRANSACTION,
     ConnectionEvent,
     Event,
     LogEvent,
@@ -76,6 +77,10 @@ class MemoryServices:
             self.next_tx_id += 1
             self.tx_ids[key] = self.next_tx_id
         return self.tx_ids[key]
+
+    async def transaction_start_key(self, charge_point_id: ChargePointId, transaction_id: int) -> str | None:
+        return next((key for (cp, key), tx in self.tx_ids.items() if cp == charge_point_id and tx == transaction_id),
+                    None)
 
 
 def new_session(version: str, *, registration: RegistrationStatus = "Accepted", tolerant: bool = False,
@@ -394,7 +399,9 @@ async def test_16_id_tag_info_carries_expiry_and_parent() -> None:
 
 
 async def test_16_stop_transaction_before_any_start_in_this_session() -> None:
-    session = new_session("1.6")
+    services = MemoryServices()
+    services.tx_ids[(CP, "a start key without a connector")] = 4711  # given on an earlier connection
+    session = new_session("1.6", services=services)
     now = datetime.now(UTC)
     outcome = await call(session, "StopTransaction", {"transactionId": 4711, "meterStop": 5000,
                                                       "timestamp": iso(now)}, received_at=now)
@@ -426,24 +433,27 @@ async def test_16_full_transaction_with_minus_one_meter_values() -> None:
         "transactionId"]
     mv = {"connectorId": 2, "transactionId": -1,
           "meterValue": [{"timestamp": iso(now), "sampledValue": [{"value": "1500"}]}]}
+    # -1 is never attached to the connector's known transaction (issue 11 item 1): kept, flagged.
     outcome = await call(session, "MeterValues", mv)
     assert result(outcome, "1.6") == {}
     meter = only(outcome.events, MeterEvent)
-    assert meter.transaction_uid == str(tx_id)
+    assert meter.transaction_uid == ""
     assert (meter.evse_id, meter.connector_id) == (2, 1)
     assert [s.value for s in meter.samples] == [1500.0]
-    # -1 on a connector without a transaction stays unattributed, but is still answered and kept.
-    outcome = await call(session, "MeterValues", {**mv, "connectorId": 3})
-    result(outcome, "1.6")
-    assert only(outcome.events, MeterEvent).transaction_uid == ""
-    # A stop with -1 resolves to the only open transaction.
-    outcome = await call(session, "StopTransaction", {"transactionId": -1, "meterStop": 2000, "timestamp": iso(now)})
+    assert all(s.flags & FLAG_UNKNOWN_TRANSACTION for s in meter.samples)
+    # A stop with -1 is its own session, even when only one transaction is open.
+    stop = {"transactionId": -1, "meterStop": 2000, "timestamp": iso(now)}
+    outcome = await call(session, "StopTransaction", stop)
     result(outcome, "1.6")
     event = only(outcome.events, TransactionEvent)
-    assert event.transaction_uid == str(tx_id)
-    assert (event.evse_id, event.connector_id) == (2, 1)
-    assert event.flags == 0
-    assert session.state.open_tx_by_connector == {}
+    assert event.transaction_uid.startswith("-1@")
+    assert event.ocpp16_transaction_id is None
+    assert (event.evse_id, event.connector_id) == (None, None)
+    assert event.flags & FLAG_UNKNOWN_TRANSACTION
+    assert session.state.open_tx_by_connector == {2: tx_id}
+    # A retry of that stop is the same session (R41).
+    assert only((await call(session, "StopTransaction", stop)).events, TransactionEvent).transaction_uid == \
+        event.transaction_uid
 
 
 async def test_16_meter_values_without_transaction_and_on_connector_zero_are_kept() -> None:

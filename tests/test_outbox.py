@@ -142,17 +142,21 @@ def test_empty_ranges_are_ignored() -> None:
 async def test_append_returns_only_after_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     box = _outbox(tmp_path)
     gate = threading.Event()
+    entered = threading.Event()
     synced: list[int] = []
     real_fsync = os.fsync
 
     def gated_fsync(fd: int) -> None:
+        entered.set()
         assert gate.wait(10)
         real_fsync(fd)
         synced.append(fd)
 
     monkeypatch.setattr(os, "fsync", gated_fsync)
     task = asyncio.create_task(box.append([_conn(1)]))
-    await asyncio.sleep(0.1)
+    # Wait until the append is inside fsync (a fixed sleep may end before it gets there on a busy machine).
+    assert await asyncio.to_thread(entered.wait, 10)
+    await asyncio.sleep(0)
     assert not task.done()          # written, maybe, but not fsync'ed: not acknowledged
     assert synced == []
     gate.set()

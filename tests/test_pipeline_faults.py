@@ -84,15 +84,21 @@ async def topology(workdir: Path, db_url: str, mqtt_url: str, *, node_id: str,
     try:
         for role in roles:
             await asyncio.to_thread(role.wait_healthy)
+        # Healthy is not subscribed: a worker that joins the shared subscription late takes no share of
+        # the stream (and what is published before any subscription waits for the outbox resend).
+        for role in ingests:
+            await asyncio.to_thread(role.wait_log, "ingest consuming", 60)
         yield serve, ingests, f"ws://127.0.0.1:{port}/ocpp"
     finally:
         for role in roles:
             role.stop()
 
 
-async def _when(fleet: list[ReplayingCharger], answered_share: float) -> None:
+async def _when(fleet: list[ReplayingCharger], answered_share: float, timeout_s: float = 120.0) -> None:
     target = answered_share * sum(c.count for c in fleet)
-    while sum(c.answered for c in fleet) < target:  # noqa: ASYNC110 - polling counters of other tasks
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while sum(c.answered for c in fleet) < target:
+        assert asyncio.get_running_loop().time() < deadline, f"fewer than {target} messages answered"
         await asyncio.sleep(0.05)
 
 

@@ -277,6 +277,8 @@ async def live_system(postgres: PostgresService, mosquitto: MosquittoService) ->
             system = LiveSystem(prometheus, serve, ingest)
             for role in roles:
                 await asyncio.to_thread(role.wait_healthy)
+            # Subscribed before the traffic starts (healthy is not subscribed yet on a busy machine).
+            await asyncio.to_thread(ingest.wait_log, "ingest consuming", 60)
             await asyncio.to_thread(prometheus.wait_targets_up, JOBS)
             url = f"ws://127.0.0.1:{ocpp_port}/ocpp"
             async with connected_charger(url, HOLDER):

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from csms.reporting import round2
+from csms.reporting.calendar import report_bounds, walked_bounds
 from csms.reporting.hours import local_day_bounds, opening_intervals
 from csms.reporting.uptime import Exclusion, PortTimeline, StatusChange, nevi_window, outages, uptime
 from csms.reporting.utilization import Port, Session, utilization
@@ -171,3 +172,16 @@ def test_post_charge_idle_of_a_16_finishing_session() -> None:
     result = utilization([Port(rated_kw=22, opening=(day,), sessions=(session,))], day)
     assert result.median_post_charge_idle_min == 30
     assert result.occupied_min == 80
+
+
+@pytest.mark.parametrize("zone_name", ["America/Los_Angeles", "Asia/Kolkata", "Europe/Berlin", "America/Santiago",
+                                       "America/Havana", "Asia/Beirut", "Australia/Lord_Howe", "Pacific/Chatham",
+                                       "Asia/Kathmandu", "Africa/Casablanca"])
+def test_day_week_month_bounds_jump_to_the_instants_the_quarter_hour_walk_finds(zone_name: str) -> None:
+    """Local days, ISO weeks and months without walking every quarter hour: the same instants,
+    also where a DST change skips or repeats local midnight (Santiago, Havana, Beirut)."""
+    zone = ZoneInfo(zone_name)
+    for start in (utc(2024, 1, 1), utc(2025, 3, 29, 22, 7), utc(2026, 8, 31, 23, 45)):
+        window = (start, start + timedelta(days=400))
+        for width in ("day", "week", "month"):
+            assert report_bounds(window, width, zone) == walked_bounds(window, width, zone), (width, start)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 import websockets
@@ -48,7 +49,15 @@ async def test_a_new_connection_replaces_the_old_one(db_url: str) -> None:
         new = await websockets.connect(url, subprotocols=["ocpp1.6"], additional_headers=auth)  # type: ignore[list-item]
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(old.recv(), 5)
-        await asyncio.sleep(0.1)  # the old connection's clean-up has run by now
+        # Wait until the old connection's clean-up has run (its close is counted), not a fixed time.
+        async with central.api() as api:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                metrics = (await api.get("/metrics")).text
+                if any(line.startswith("csms_connections_closed_total{") and float(line.split()[-1]) >= 1
+                       for line in metrics.splitlines()):
+                    break
+                await asyncio.sleep(0.05)
         assert central.system.gateway is not None
         live = central.system.gateway.registry.get("DUP")
         assert live is not None

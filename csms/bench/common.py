@@ -29,7 +29,10 @@ PASSWORD = "bench-password-0123456789"  # noqa: S105 - a throw-away benchmark cl
 # Stand-ins for thousands of distinct charger addresses: the server's per-source handshake
 # limits (csms/handshake.py) would otherwise throttle the few 127.0.0.x sources a load
 # generator has. Every report says the limits were raised.
-UNLIMITED_HANDSHAKES = ["--handshake-rate-per-source-per-s", "1000000", "--handshake-burst-per-source", "1000000"]
+# A few 127.0.0.x source addresses stand in for many chargers, so every per-source bound is lifted.
+UNLIMITED_HANDSHAKES = ["--handshake-rate-per-source-per-s", "1000000", "--handshake-burst-per-source", "1000000",
+                        "--kdf-queue-max-per-source", "1000000", "--kdf-queue-max", "1000000",
+                        "--auth-failures-per-source-per-min", "1000000", "--auth-failures-per-id-per-min", "1000000"]
 
 
 def cpu_seconds(pid: int) -> float:

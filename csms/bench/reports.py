@@ -8,6 +8,12 @@ and each report is requested through the HTTP application (in process, no socket
 cold, once warm. The baseline, measured in the same run, is one sequential scan of the
 whole status history (``count(*)``), so each report time is also given as a ratio to it.
 
+The two bulk session exports (EV-ChART module 2, the sessions CSV: one row per session, half a
+million a quarter at full size) are streamed; for them the goal is the first byte (and the
+first row) within 1 s and the whole export at ≥ 50 % of the speed of a plain ``COPY (SELECT
+… the quarter's sessions …) TO STDOUT`` in the same run. They are timed through the ASGI
+application directly (``_stream_get``), which sees when each body chunk leaves.
+
 Usage: python -m csms.bench.reports [--ports 1000] [--months 12] [--database-url URL] [--json FILE]
 """
 
@@ -19,6 +25,8 @@ import json
 import sys
 import tempfile
 import time
+import urllib.parse
+from collections.abc import MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,8 +35,10 @@ import asyncpg
 import httpx
 from prometheus_client import CollectorRegistry
 
+from csms import api_exports
 from csms.embedded_pg import EmbeddedPostgres, free_port
 from csms.http_api import create_app
+from csms.reporting import evchart_sessions
 from schemas.migrate import apply_migrations
 
 TOKEN = "bench-token"  # noqa: S105 - a throw-away database on loopback
@@ -187,6 +197,121 @@ def _requests(end: datetime, months: int) -> list[tuple[str, str, dict[str, str]
     ]
 
 
+# Exports judged as streams (first byte, first row, total against a plain COPY of the same sessions).
+STREAMED = ("EV-ChART module 2 (quarter)", "sessions CSV (quarter)")
+STREAM_FIRST_BYTE_GOAL_S = 1.0
+STREAM_COPY_RATIO_GOAL = 0.5
+_PLAIN_COPY_SQL = """SELECT t.* FROM transactions t WHERE t.started_at >= $1 AND t.started_at < $2
+ORDER BY t.started_at, t.charge_point_id, t.transaction_uid"""
+
+
+def _same_select(name: str, window: tuple[datetime, datetime]) -> tuple[str, tuple[object, ...]]:
+    """The export's own SELECT (every column formatted as the export has it) over the whole window,
+    in one statement: what a plain COPY of the same rows costs."""
+    upper = window[1] + timedelta(days=2)   # every session's samples: none of these lasts 2 days
+    if name.startswith("EV-ChART"):
+        return evchart_sessions.ROWS_SQL, (*window, upper, "other")
+    return api_exports.GENERIC_ROWS_SQL, (*window, upper, None, api_exports.BAD_SAMPLE_FLAGS)
+
+
+async def _stream_get(app: Any, path: str, params: dict[str, str]) -> dict[str, Any]:
+    """One GET through the ASGI application, timing when the first body byte and the first row
+    (the second line) leave, and the end."""
+    done = asyncio.Event()
+    began = time.perf_counter()
+    seen: dict[str, Any] = {"status": 0, "bytes": 0, "lines": 0, "first_byte_s": None, "first_row_s": None}
+    asked = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            seen["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            if body and seen["first_byte_s"] is None:
+                seen["first_byte_s"] = time.perf_counter() - began
+            seen["bytes"] += len(body)
+            seen["lines"] += body.count(b"\n")
+            if seen["lines"] >= 2 and seen["first_row_s"] is None:
+                seen["first_row_s"] = time.perf_counter() - began
+            if not message.get("more_body", False):
+                done.set()
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "",
+             "query_string": urllib.parse.urlencode(params).encode(), "server": ("bench", 80),
+             "client": ("127.0.0.1", 1),
+             "headers": [(b"host", b"bench"), (b"authorization", f"Bearer {TOKEN}".encode())]}
+    await app(scope, receive, send)
+    done.set()
+    seen["total_s"] = time.perf_counter() - began
+    return seen
+
+
+async def _plain_copy(pool: asyncpg.Pool, sql: str, args: tuple[object, ...]) -> tuple[float, int, int]:
+    """Seconds, bytes and rows of ``COPY (sql) TO STDOUT (FORMAT csv)`` to a sink that drops them."""
+    size = 0
+
+    async def sink(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+
+    async with pool.acquire() as conn:
+        began = time.perf_counter()
+        status = await conn.copy_from_query(sql, *args, output=sink, format="csv")
+        seconds = time.perf_counter() - began
+    return seconds, size, int(str(status).rsplit(" ", 1)[-1])
+
+
+async def time_streams(pool: asyncpg.Pool, app: Any, *, end: datetime, months: int,
+                       repeat: int = 2) -> list[dict[str, Any]]:
+    """The streamed exports next to the same run's COPY of the same sessions (warm: best of ``repeat``): the
+    bare session rows (``t.*``, the criterion), and the export's own SELECT in one COPY."""
+    out = []
+    window = _last_quarter(end)
+    bare = [await _plain_copy(pool, _PLAIN_COPY_SQL, window) for _ in range(repeat)]
+    bare_s = min(c[0] for c in bare)
+    for name, path, params in _requests(end, months):
+        if name not in STREAMED:
+            continue
+        same = [await _plain_copy(pool, *_same_select(name, window)) for _ in range(repeat)]
+        copy_s = min(c[0] for c in same)
+        runs = [await _stream_get(app, path, params) for _ in range(repeat)]
+        warm = min(runs[1:] or runs, key=lambda r: r["total_s"])
+        row = {"report": name, "path": path, "status": warm["status"], "bytes": warm["bytes"],
+               "rows": warm["lines"] - 1, "cold_s": round(runs[0]["total_s"], 3),
+               "warm_s": round(warm["total_s"], 3), "first_byte_s": round(warm["first_byte_s"] or 0.0, 3),
+               "first_row_s": round(warm["first_row_s"] or 0.0, 3),
+               "copy_baseline_s": round(copy_s, 3), "copy_baseline_rows": same[0][2],
+               "copy_baseline_bytes": same[0][1],
+               "ratio_to_copy": round(copy_s / warm["total_s"], 2) if warm["total_s"] else None,
+               "bare_copy_s": round(bare_s, 3), "bare_copy_rows": bare[0][2],
+               "ratio_to_bare_copy": round(bare_s / warm["total_s"], 2) if warm["total_s"] else None}
+        row["met"] = (row["status"] == 200 and row["first_byte_s"] <= STREAM_FIRST_BYTE_GOAL_S
+                      and row["first_row_s"] <= STREAM_FIRST_BYTE_GOAL_S
+                      and (row["ratio_to_bare_copy"] or 0) >= STREAM_COPY_RATIO_GOAL)
+        out.append(row)
+        print(f"  {name} (streamed): first byte {row['first_byte_s']} s, first row {row['first_row_s']} s, "
+              f"total {row['warm_s']} s; COPY of its SELECT {row['copy_baseline_s']} s (ratio {row['ratio_to_copy']}); "
+              f"COPY of the bare sessions {row['bare_copy_s']} s (ratio {row['ratio_to_bare_copy']})",
+              file=sys.stderr, flush=True)
+    return out
+
+
+def _last_quarter(end: datetime) -> tuple[datetime, datetime]:
+    q_index = end.year * 4 + (end.month - 1) // 3 - 1
+    q_year, q = q_index // 4, q_index % 4 + 1
+    return (datetime(q_year, 3 * q - 2, 1, tzinfo=UTC),
+            datetime(q_year + (q == 4), 1 if q == 4 else 3 * q + 1, 1, tzinfo=UTC))
+
+
 async def time_reports(pool: asyncpg.Pool, *, end: datetime, months: int, repeat: int = 2) -> list[dict[str, Any]]:
     async def health() -> dict[str, Any]:
         return {"ok": True}
@@ -208,6 +333,7 @@ async def time_reports(pool: asyncpg.Pool, *, end: datetime, months: int, repeat
                         "cold_s": round(times[0], 3), "warm_s": round(min(times[1:] or times), 3)})
             print(f"  {name}: {times[0]:.3f} s cold, {min(times[1:] or times):.3f} s warm ({status})",
                   file=sys.stderr, flush=True)
+        out.append({"streams": await time_streams(pool, app, end=end, months=months, repeat=repeat)})
     return out
 
 
@@ -257,6 +383,7 @@ async def run(*, database_url: str | None = None, ports: int = 1000, months: int
             await pool.fetchval("SELECT count(*) FROM connector_status")
             scan_s = time.perf_counter() - began
             reports = await time_reports(pool, end=end, months=months)
+            streams: list[dict[str, Any]] = reports.pop()["streams"]
         finally:
             await pool.close()
     finally:
@@ -264,11 +391,13 @@ async def run(*, database_url: str | None = None, ports: int = 1000, months: int
             await asyncio.to_thread(pg.stop)
     for r in reports:
         r["ratio_to_scan"] = round(r["warm_s"] / scan_s, 2) if scan_s else None
+    judged = [r for r in reports if r["report"] not in STREAMED] or reports
     return {"ports": ports, "months": months, "generated": generated,
             "rollup": {"seconds": round(rollup_s, 1), "buckets": rolled["buckets"], "spans": rolled["spans"]},
             "baseline_scan_s": round(scan_s, 3), "reports": reports,
-            "slowest_warm_s": max(r["warm_s"] for r in reports),
-            "target_s": 1.0}
+            # The 1 s goal applies to every report but the streamed exports, judged by their own goal.
+            "slowest_warm_s": max(r["warm_s"] for r in judged),
+            "target_s": 1.0, "streams": streams, "streams_met": all(r["met"] for r in streams)}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -281,6 +410,19 @@ def render(result: dict[str, Any]) -> str:
              "| report | cold s | warm s | warm ÷ scan | HTTP |", "|---|---|---|---|---|"]
     for r in result["reports"]:
         lines.append(f"| {r['report']} | {r['cold_s']} | {r['warm_s']} | {r['ratio_to_scan']} | {r['status']} |")
+    streams = result.get("streams") or []
+    if streams:
+        lines += ["", f"Streamed exports (goal: first byte and first row ≤ {STREAM_FIRST_BYTE_GOAL_S:g} s, whole "
+                  f"export ≥ {STREAM_COPY_RATIO_GOAL:.0%} of the speed of a plain `COPY (SELECT t.* FROM transactions "
+                  "t …) TO STDOUT` of the same sessions, judged against that bare COPY; also shown: one COPY of the "
+                  "export's own SELECT over the whole quarter; same run):", "",
+                  "| export | rows | first byte s | first row s | total s (warm) | COPY of its SELECT s | ratio "
+                  "| COPY of bare rows s | ratio | met |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in streams:
+            lines.append(f"| {r['report']} | {r['rows']:,} | {r['first_byte_s']} | {r['first_row_s']} | {r['warm_s']} "
+                         f"| {r['copy_baseline_s']} | {r['ratio_to_copy']} | {r['bare_copy_s']} "
+                         f"| {r['ratio_to_bare_copy']} | {'yes' if r['met'] else 'no'} |")
     return "\n".join(lines)
 
 

@@ -57,6 +57,10 @@ class Services(Protocol):
     async def allocate_transaction_id(self, charge_point_id: ChargePointId, start_key: str) -> int:
         """The 1.6 transactionId for a StartTransaction; the same key always gets the same id (R41)."""
 
+    async def transaction_start_key(self, charge_point_id: ChargePointId, transaction_id: int) -> str | None:
+        """The start key given to ``allocate_transaction_id`` for this 1.6 transactionId, or None
+        when this charger was never given that id: only a known id may change a transaction (R42)."""
+
     async def open_transactions(self, charge_point_id: ChargePointId) -> dict[str, tuple[int, int | None]]:
         """2.0.1 transactions still open, with their (EVSE, connector): TransactionEvents after a
         reconnect need not repeat ``evse`` (it is required only in the first one, E01.FR.16)."""
@@ -77,6 +81,8 @@ class ProtocolState:
     # 1.6: transaction running on each connector, and each transaction's meterStart (Wh).
     open_tx_by_connector: dict[int, int] = field(default_factory=dict)
     meter_start_wh: dict[str, float] = field(default_factory=dict)
+    # 1.6: transactionIds this charger was never given (looked up once per connection, bounded).
+    unknown_tx_ids: set[int] = field(default_factory=set)
     # 2.0.1: (evse, connector) of each transaction; `evse` is sent only once (E01.FR.16).
     tx_evse: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     registers: RegisterTracker = field(default_factory=RegisterTracker)
@@ -124,14 +130,13 @@ def clean_text(value: object, max_chars: int = 512) -> str:
     return text[:max_chars]
 
 
-def clean_json(value: Any, depth: int = 0) -> Any:
-    """A JSON value with every string cleaned, for storage as jsonb."""
-    if depth > 32:
-        return None
+def clean_json(value: Any) -> Any:
+    """A JSON value with every string cleaned, for storage as jsonb. Nothing is cut: nesting is
+    bounded once, at parse (csms.ocpp.framing.MAX_JSON_DEPTH), for everything a charger sends."""
     if isinstance(value, str):
         return clean_text(value, 10_000)
     if isinstance(value, dict):
-        return {clean_text(k, 256): clean_json(v, depth + 1) for k, v in value.items()}
+        return {clean_text(k, 256): clean_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [clean_json(v, depth + 1) for v in value]
+        return [clean_json(v) for v in value]
     return value

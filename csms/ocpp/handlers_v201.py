@@ -12,11 +12,10 @@ from typing import Any
 from csms.ocpp.context import BootInfo, Context, IdToken, Reply, clean_text
 from csms.ocpp.handlers_common import Handler, acknowledge, int32, iso_utc, log_event, now_iso
 from csms.ocpp.normalise import (
+    event_time,
     flag_outside_window,
-    parse_timestamp,
     register_reading,
     samples_v201,
-    timestamp_flags,
 )
 from schemas.events import ConnectionEvent, Event, MeterEvent, StatusEvent, TransactionEvent
 
@@ -58,11 +57,11 @@ async def heartbeat(ctx: Context, p: dict[str, Any]) -> Reply:
 
 
 async def status_notification(ctx: Context, p: dict[str, Any]) -> Reply:
-    ts = parse_timestamp(p.get("timestamp")) or ctx.received_at
-    event = StatusEvent(charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at, time=ts,
+    at = event_time(p.get("timestamp"), ctx.received_at)   # implausible: the receive time, flagged
+    event = StatusEvent(charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at, time=at.time,
                         evse_id=int32(p.get("evseId"), "evseId", minimum=0),
                         connector_id=int32(p.get("connectorId"), "connectorId", minimum=0),
-                        status=clean_text(p.get("connectorStatus"), 32))
+                        status=clean_text(p.get("connectorStatus"), 32), flags=at.flags, raw_time=at.raw)
     return Reply({}, [event])
 
 
@@ -74,7 +73,8 @@ async def transaction_event(ctx: Context, p: dict[str, Any]) -> Reply:
     info = p.get("transactionInfo") or {}
     uid = clean_text(info.get("transactionId"), 36)
     kind = {"Started": "started", "Updated": "updated", "Ended": "ended"}[str(p.get("eventType"))]
-    ts = parse_timestamp(p.get("timestamp")) or ctx.received_at
+    at = event_time(p.get("timestamp"), ctx.received_at)   # implausible: the receive time, flagged
+    ts = at.time
     seq_no = int32(p.get("seqNo"), "seqNo", minimum=0)
     evse = p.get("evse")
     if isinstance(evse, dict):
@@ -105,7 +105,7 @@ async def transaction_event(ctx: Context, p: dict[str, Any]) -> Reply:
         charging_state=clean_text(info.get("chargingState"), 32) or None,
         remote_start_id=int32(remote_start, "remoteStartId") if remote_start is not None else None,
         seq_no=seq_no, trigger_reason=clean_text(p.get("triggerReason"), 32), offline=bool(p.get("offline")),
-        flags=timestamp_flags(ts, ctx.received_at))
+        flags=at.flags)
     events: list[Event] = [tx_event]
     if samples:
         events.append(MeterEvent(charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at,
@@ -138,12 +138,12 @@ async def notify_event(ctx: Context, p: dict[str, Any]) -> Reply:
         if component.get("name") == "Connector" and variable.get("name") == "AvailabilityState":
             evse = component.get("evse") or {}
             if "id" in evse:
+                at = event_time(data.get("timestamp"), ctx.received_at)
                 events.append(StatusEvent(
-                    charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at,
-                    time=parse_timestamp(data.get("timestamp")) or ctx.received_at,
+                    charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at, time=at.time,
                     evse_id=int32(evse.get("id"), "evse.id", minimum=0),
                     connector_id=int32(evse.get("connectorId", 0), "evse.connectorId", minimum=0),
-                    status=clean_text(data.get("actualValue"), 32)))
+                    status=clean_text(data.get("actualValue"), 32), flags=at.flags, raw_time=at.raw))
     return Reply({}, events)
 
 

@@ -7,6 +7,11 @@ context Sample.Periodic, location Outlet, format Raw); 2.0.1 values are numbers 
 (Part 2 §2.2 UnitOfMeasureType). Samples are stored in Wh, varh, VAh, W, var, VA, A,
 V, Hz, Percent and Celsius; the raw value and unit are kept alongside. Values are
 telemetry doubles; billing uses the transaction's integer meter readings.
+
+Timestamps (:func:`event_time`, the same rule for every message type): one before 2010, more
+than five minutes after the message was received, or unreadable is never stored as the event's
+time — the receive time is, with the data-quality flag set and the charger's text kept — so no
+implausible instant enters the reports' arithmetic.
 """
 
 from __future__ import annotations
@@ -116,6 +121,43 @@ def timestamp_flags(ts: datetime, received_at: datetime) -> int:
     return flags
 
 
+RAW_TIME_MAX_CHARS = 64
+_YEAR = re.compile(r"^\s*(\d{4})-", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class EventTime:
+    """The time stored for a charger's timestamp, the data-quality flags and the charger's text."""
+
+    time: datetime
+    flags: int = 0
+    raw: str = ""     # the charger's timestamp when it was not used (flags say why)
+
+
+def event_time(value: object, received_at: datetime, *, index: int = 0) -> EventTime:
+    """The rule for every timestamp a charger sends (status, sample, transaction, event): a
+    timestamp from 2010-01-01 to FUTURE_TOLERANCE after the message was received is used as it
+    is. Any other (before 2010, in the future, unreadable or not representable in UTC) is
+    replaced by the receive time — when the central system saw the event, the best estimate
+    there is — flagged (FLAG_ANCIENT_TIMESTAMP / FLAG_FUTURE_TIMESTAMP; an unreadable one
+    FLAG_UNPARSEABLE_VALUE), its text kept. ``index`` µs are added for the index-th of several
+    readings of one message, so that they stay distinct and in order. An absent timestamp is the
+    receive time, unflagged (the message's own time, e.g. 1.6 StatusNotification.timestamp is
+    optional, §7.21)."""
+    if value is None:
+        return EventTime(received_at)
+    ts = parse_timestamp(value)
+    if ts is not None:
+        flags = timestamp_flags(ts, received_at)
+        if not flags:
+            return EventTime(ts)
+    else:  # not a date-time, or one beyond year 1 … 9999 once moved to UTC
+        year = _YEAR.match(value) if isinstance(value, str) else None
+        flags = FLAG_UNPARSEABLE_VALUE if year is None else (
+            FLAG_ANCIENT_TIMESTAMP if int(year.group(1)) < EARLIEST_PLAUSIBLE.year else FLAG_FUTURE_TIMESTAMP)
+    return EventTime(received_at + timedelta(microseconds=index), flags, str(value)[:RAW_TIME_MAX_CHARS])
+
+
 def _number(raw: object) -> float | None:
     """A finite number from a 1.6 decimal string or a 2.x JSON number (telemetry precision:
     double, ~15 significant digits; billing uses the transactions' meter readings)."""
@@ -130,14 +172,17 @@ def _number(raw: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def make_sample(*, time: datetime, received_at: datetime, raw_value: object, raw_unit: str | None,
+def make_sample(*, time: datetime | EventTime, received_at: datetime, raw_value: object, raw_unit: str | None,
                 multiplier: int, measurand: str | None, phase: str | None, location: str | None,
                 context: str | None, connector_zero: bool, signed: bool = False) -> Sample:
-    """One normalised sample; never raises, flags what it cannot make sense of."""
+    """One normalised sample; never raises, flags what it cannot make sense of. ``time`` is the
+    charger's timestamp (the rule of :func:`event_time` is applied) or an :class:`EventTime`."""
+    if not isinstance(time, EventTime):
+        time = event_time(time.isoformat(), received_at) if timestamp_flags(time, received_at) else EventTime(time)
     measurand = measurand or DEFAULT_MEASURAND
     family = _family(measurand)
     unit_in = raw_unit if raw_unit is not None else (family[0] if family else "")
-    flags = timestamp_flags(time, received_at)
+    flags = time.flags
     number = None if signed else _number(raw_value)
     si_unit, factor, offset = _UNITS.get(unit_in, (unit_in, 1.0, 0.0))
     value = math.nan
@@ -158,16 +203,17 @@ def make_sample(*, time: datetime, received_at: datetime, raw_value: object, raw
         flags |= FLAG_IMPLAUSIBLE_UNIT
     if connector_zero and is_energy_register(measurand):
         flags |= FLAG_CONNECTOR_ZERO_TOTAL
-    return Sample(time=time, measurand=measurand, phase=phase or "", location=location or "",
+    return Sample(time=time.time, measurand=measurand, phase=phase or "", location=location or "",
                   context=context or "", value=value, unit=si_unit, raw_value=str(raw_value)[:64],
-                  raw_unit=(unit_in if multiplier == 0 else f"{unit_in}e{multiplier}")[:32], flags=flags)
+                  raw_unit=(unit_in if multiplier == 0 else f"{unit_in}e{multiplier}")[:32], flags=flags,
+                  raw_time=time.raw)
 
 
 def samples_v16(meter_values: list[dict[str, Any]], *, received_at: datetime, connector_id: int) -> list[Sample]:
     """1.6 MeterValue[] (MeterValues.meterValue or StopTransaction.transactionData)."""
     out: list[Sample] = []
-    for mv in meter_values:
-        ts = parse_timestamp(mv.get("timestamp")) or received_at
+    for index, mv in enumerate(meter_values):
+        ts = event_time(mv.get("timestamp"), received_at, index=index)
         for sv in mv.get("sampledValue", ()):
             out.append(make_sample(
                 time=ts, received_at=received_at, raw_value=sv.get("value"), raw_unit=sv.get("unit"),
@@ -180,8 +226,8 @@ def samples_v16(meter_values: list[dict[str, Any]], *, received_at: datetime, co
 def samples_v201(meter_values: list[dict[str, Any]], *, received_at: datetime, evse_id: int) -> list[Sample]:
     """2.0.1/2.1 MeterValueType[] (MeterValues.meterValue or TransactionEvent.meterValue)."""
     out: list[Sample] = []
-    for mv in meter_values:
-        ts = parse_timestamp(mv.get("timestamp")) or received_at
+    for index, mv in enumerate(meter_values):
+        ts = event_time(mv.get("timestamp"), received_at, index=index)
         for sv in mv.get("sampledValue", ()):
             uom = sv.get("unitOfMeasure") or {}
             multiplier = uom.get("multiplier", 0)
@@ -203,6 +249,9 @@ def register_reading(samples: list[Sample], *, context: str | None = None) -> fl
     return None
 
 
+_NO_REFERENCE = FLAG_IMPLAUSIBLE_UNIT | FLAG_UNPARSEABLE_VALUE | FLAG_FUTURE_TIMESTAMP | FLAG_ANCIENT_TIMESTAMP
+
+
 @dataclass
 class RegisterTracker:
     """Flags energy registers that go backwards, per EVSE/connector/measurand/phase (J02.FR.16)."""
@@ -212,12 +261,12 @@ class RegisterTracker:
     def check(self, evse_id: int, connector_id: int, samples: list[Sample]) -> list[Sample]:
         out = []
         for s in samples:
-            if is_energy_register(s.measurand) and not math.isnan(s.value):
+            # A reading already known to be wrong (unit, magnitude, clock) is no reference for the next.
+            if is_energy_register(s.measurand) and not math.isnan(s.value) and not s.flags & _NO_REFERENCE:
                 key = (evse_id, connector_id, s.measurand, s.phase)
                 prev = self.last.get(key)
                 if prev is not None and s.time > prev[0] and s.value < prev[1]:
-                    s = Sample(s.time, s.measurand, s.phase, s.location, s.context, s.value, s.unit,
-                               s.raw_value, s.raw_unit, s.flags | FLAG_REGISTER_DECREASED)
+                    s = msgspec.structs.replace(s, flags=s.flags | FLAG_REGISTER_DECREASED)
                 if prev is None or s.time >= prev[0]:
                     self.last[key] = (s.time, s.value)
                 if len(self.last) > 256:  # bounded per connection

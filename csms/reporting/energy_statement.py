@@ -7,10 +7,11 @@ quarter, kWh split at 09:00 and 16:00 *station-local* time, and a land-share amo
 
 Energy is attributed to the moment it flowed: the Energy.Active.Import.Register readings of a
 transaction are differenced and each difference is spread uniformly over the time between its two
-readings (linear interpolation of the register). :func:`split` does that for one difference; the
-SQL side (``csms/api_exports.py``) sums the differences that cannot straddle a boundary and hands
-only the straddling ones to it. All instants are aware ``datetime``s; local calendar boundaries
-are built with ``zoneinfo``, so a DST day has 23 or 25 hours and 09:00/16:00 stay wall-clock times.
+readings (linear interpolation of the register; ``schemas.port_state.session_energy``, the one rule
+of every report). :func:`split` does that for one difference over a period and the solar window:
+the reference the per-quarter-hour figures are tested against. All instants are aware
+``datetime``s; local calendar boundaries are built with ``zoneinfo``, so a DST day has 23 or 25
+hours and 09:00/16:00 stay wall-clock times.
 """
 
 from __future__ import annotations
@@ -21,31 +22,35 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-SOLAR_START = time(9, 0)
-SOLAR_END = time(16, 0)
+from schemas.port_state import LOOKBACK as ENERGY_LOOKBACK
+from schemas.port_state import SOLAR_HOURS
+
+# Sessions that started this long before a period and still ran at its start are counted as carried
+# in: the horizon of a session's energy (schemas.port_state.session_energy), so a session counted as
+# carried in is one that can have energy in the period.
+CARRIED_IN_LOOKBACK = ENERGY_LOOKBACK
+LOOKBACK_DAYS = ENERGY_LOOKBACK.days
+
+SOLAR_START, SOLAR_END = SOLAR_HOURS
 QuarterConvention = Literal["calendar", "fiscal_in"]
-# Sessions that started this long before a period are read for it; older ones are not (they would make
-# every statement scan the whole transactions table for the rare session that never ended).
-LOOKBACK = timedelta(days=31)
-# Samples of a session that has not ended are read up to this long after the period: enough to close the
-# register step that straddles its end (a session that ended is read up to its end).
-LOOKAHEAD = timedelta(days=1)
+LOOKBACK = CARRIED_IN_LOOKBACK
 
 ATTRIBUTION = (
-    "Energy.Active.Import.Register of each transaction: meterStart at its start, the outlet register samples "
-    "(phase-less, not flagged as unreadable, implausible, backwards or outside the transaction), meterStop at "
-    "its stop. A reading below an earlier one is held at the earlier value, so the differences never go "
-    "negative and add up to meterStop - meterStart (0 if that is negative). Each difference is spread "
-    "uniformly over the time between its two readings (a session without intermediate samples spreads "
-    "meterStop - meterStart over its duration). The part that flowed in [09:00, 16:00) station-local time "
-    "(the location's IANA time zone, wall clock, DST-aware) is solar, the rest non-solar; only the part that "
-    "flowed inside the period counts, so a session crossing a quarter boundary is split between the quarters. "
-    "Sessions are counted in the period in which they started; sessions_carried_in started earlier and were "
-    "still running when it began. Open sessions count up to their latest reading (read until "
-    f"{LOOKAHEAD.days} day after the period). Sessions that started more than {LOOKBACK.days} days before "
-    "the period are not read. energy_kwh = solar_kwh + non_solar_kwh, each rounded half up to the "
-    "watt-hour; land_share_amount = energy_kwh x rate, rounded half up to 0.01; totals add up the sites' "
-    "figures."
+    "The energy that flowed in each quarter hour, per port (EVSE), the same figure the utilization reports use: "
+    "Energy.Active.Import.Register of each transaction, with meterStart at its start, the outlet register "
+    "samples (phase-less; samples flagged as unreadable, implausible, backwards, outside the transaction, "
+    "connector-0 totals or with an implausible timestamp do not count) and meterStop at its stop. A reading "
+    "below an earlier one is held at the earlier value, so the differences never go negative and add up to "
+    "meterStop - meterStart (0 if that is negative). Each difference is spread uniformly over the time between "
+    "its two readings (linear interpolation; a session without intermediate samples spreads meterStop - "
+    "meterStart over its duration; a session still open counts up to its latest reading; a session's energy "
+    f"counts in its first {LOOKBACK_DAYS} days only). The quarter hours starting in [09:00, 16:00) "
+    "station-local time (the location's IANA time zone, wall clock, DST-aware) are solar, the rest non-solar; "
+    "only the energy that flowed inside the period counts, so a session crossing a quarter boundary is split "
+    "between the quarters. Sessions are counted in the period in which they started; sessions_carried_in "
+    f"started up to {LOOKBACK.days} days earlier and were still running when it began. energy_kwh = solar_kwh + "
+    "non_solar_kwh, each rounded half up to the watt-hour; land_share_amount = energy_kwh x rate, rounded half "
+    "up to 0.01; totals add up the sites' figures."
 )
 
 

@@ -8,6 +8,7 @@ import io
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from schemas.port_state import FAILED_STOP_REASONS, MIN_SUCCESS_WH
 
@@ -44,12 +45,14 @@ def to_csv(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
     return buffer.getvalue().encode("utf-8-sig")
 
 
-def quarter_bounds(year: int, quarter: int) -> tuple[datetime, datetime]:
+def quarter_bounds(year: int, quarter: int, time_zone: str = "UTC") -> tuple[datetime, datetime]:
+    """The calendar quarter in ``time_zone`` (a station's: months are station-local), as UTC instants."""
     if not 1 <= quarter <= 4:
         raise ValueError("quarter must be 1–4")
-    start = datetime(year, 3 * (quarter - 1) + 1, 1, tzinfo=UTC)
-    end = datetime(year + 1, 1, 1, tzinfo=UTC) if quarter == 4 else datetime(year, 3 * quarter + 1, 1, tzinfo=UTC)
-    return start, end
+    zone = ZoneInfo(time_zone)
+    start = datetime(year, 3 * (quarter - 1) + 1, 1, tzinfo=zone)
+    end = datetime(year + 1, 1, 1, tzinfo=zone) if quarter == 4 else datetime(year, 3 * quarter + 1, 1, tzinfo=zone)
+    return start.astimezone(UTC), end.astimezone(UTC)
 
 
 def session_error(stop_reason: str | None, energy_kwh: float | None) -> str:

@@ -2,15 +2,21 @@
 
 Outage (reporting.md §5.4): a port is out for every minute where (a) its OCPP status, or its
 charge point's connector-0 status, is Faulted or Unavailable (OCPI OUTOFORDER/INOPERATIVE), or
-(b) the charge point is offline for longer than ``offline_grace`` (only the minutes past the
-grace count). Minutes before the first thing we know about the port are *unknown*: neither up
-nor out; they lower ``data_completeness``.
+(b) the charge point has no live connection for longer than ``offline_grace`` (only the minutes
+past the grace count). Minutes before the first thing we know about the port are *unknown*:
+neither up nor out; they lower ``data_completeness``. Minutes after "now" have not happened:
+a window reaching past now is computed up to now and marked incomplete.
 
 NEVI (23 CFR 680.116(b)(3)): μ = ((525,600 − (T_outage − T_excluded)) / 525,600) × 100 over the
 12 months ending with the report month; T_excluded = outage minutes with a recorded exclusion
 (reasons outside the operator's control) or outside the station's access hours. The
 denominator is fixed at 525,600 even in a leap year, as the rule says; the real minute count
 is reported next to it.
+
+UK (PCPR 2023 reg. 7): R = 1 − |(INOPERATIVE ∪ OUTOFORDER) ∩ Op| / |Op| over the access hours
+Op (reg. 7(5)); offline (OCPI UNKNOWN) counts as reliable (reg. 7(3)(b)). Reg. 7 allows no
+other exclusion: a recorded ``outside_hours`` exclusion removes its span from Op, every other
+recorded reason is reported but not applied.
 """
 
 from __future__ import annotations
@@ -28,6 +34,21 @@ DOWN_STATUSES = frozenset({"Faulted", "Unavailable"})
 # EV-ChART Module 4 excluded_outage_reason codes 1–6 (order as in reporting.md §1.1; assumed).
 EXCLUSION_REASONS = {"utility_interruption": 1, "vehicle_fault": 2, "scheduled_maintenance": 3, "vandalism": 4,
                      "natural_disaster": 5, "outside_hours": 6}
+# PCPR 2023 reg. 7(5): reliability is assessed only within the hours a charge point can be
+# accessed. Reg. 7 has no other exclusion (vandalism, grid loss … stay "not working").
+UK_APPLIED_EXCLUSIONS = frozenset({"outside_hours"})
+
+# Why a figure or a verdict is null (codes are stable; messages say the specifics).
+PERIOD_NOT_STARTED = "period_not_started"
+PERIOD_INCOMPLETE = "period_incomplete"
+NO_DATA = "no_data"
+STATE_UNKNOWN = "state_unknown"
+OPERATIONAL_SINCE_UNKNOWN = "operational_since_unknown"
+OPERATED_LESS_THAN_12_MONTHS = "operated_less_than_12_months"
+NO_ACCESS_HOURS = "no_access_hours"
+
+# (time, "connected" | "disconnected"[, connection epoch or None for rows without one])
+ConnectivityRow = tuple[datetime, str] | tuple[datetime, str, int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +60,32 @@ class StatusChange:
 
 @dataclass(frozen=True, slots=True)
 class Outage:
-    start: datetime
-    end: datetime
+    start: datetime         # inside the window (cut at its start)
+    end: datetime           # inside the window (cut at its end, or at now)
     detection: str          # "status" or "offline"
-    cause: str = ""         # OCPP status and error code, or the disconnect reason
+    cause: str = ""         # OCPP status and error code, or "charge point offline"
+    true_start: datetime | None = None   # where the outage starts in the data, whatever the window
+    scope: str = "port"     # "port", "charge_point" (connector 0) or "connection"
+    continues: bool = False  # still out at the end of what was computed
 
     @property
     def minutes(self) -> float:
         return (self.end - self.start).total_seconds() / 60.0
+
+    @property
+    def began(self) -> datetime:
+        return self.true_start or self.start
+
+    @property
+    def outage_id(self) -> str:
+        return outage_id(self.began)
+
+
+def outage_id(moment: datetime) -> str:
+    """An outage's id: its true start in UTC (EV-ChART module 4 ``outage_id`` is a datetime)."""
+    moment = moment.astimezone(UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{moment.microsecond:06d}Z" if moment.microsecond else f"{text}Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +93,13 @@ class Exclusion:
     start: datetime
     end: datetime
     reason: str
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NullReason:
+    code: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,58 +108,121 @@ class PortTimeline:
 
     port_status: Sequence[StatusChange]
     charger_status: Sequence[StatusChange] = ()
-    connectivity: Sequence[tuple[datetime, str]] = ()   # (time, "connected" | "disconnected")
+    connectivity: Sequence[ConnectivityRow] = ()
 
 
-def _runs(changes: Sequence[StatusChange], until: datetime) -> list[tuple[Interval, StatusChange]]:
-    ordered = sorted(changes, key=lambda c: c.time)
-    if not ordered:
-        return []
-    out = []
-    for change, nxt in zip(ordered, [*ordered[1:], None], strict=True):
-        end = nxt.time if nxt is not None else until
-        if end > change.time:
-            out.append(((change.time, end), change))
-    return out
+def _epoch(row: ConnectivityRow) -> int | None:
+    return row[2] if len(row) > 2 else None
 
 
-def offline_intervals(connectivity: Sequence[tuple[datetime, str]], until: datetime,
-                      grace: timedelta) -> list[Interval]:
-    """Disconnected periods, minus their first ``grace``."""
+def offline_periods(connectivity: Sequence[ConnectivityRow], until: datetime) -> list[Interval]:
+    """Periods with no live connection, robust to any interleaving of open and close events.
+
+    The one rule every report uses. Per charge point, events are walked in time order and the
+    charger's state is the state of the highest connection epoch seen so far: ``connected(e)``
+    with e ≥ current → online; ``disconnected(e)`` with e ≥ current → offline (e > current: a
+    newer socket that closed before its "connected" was recorded); an event of an epoch lower
+    than the current one is ignored — that socket was replaced by a newer connection (OCPP 1.6
+    / 2.0.1 R28 "the newer connection wins") and its late "disconnected" says nothing about
+    the live one. Rows without an epoch (recorded before epochs existed) apply in order as
+    they come and leave the current epoch as it is. At equal times a "connected" sorts first.
+    """
+    ordered = sorted(((row[0], row[1] != "connected", _epoch(row), row[1]) for row in connectivity
+                      if row[1] in ("connected", "disconnected")),
+                     key=lambda r: (r[0], r[1], -1 if r[2] is None else r[2]))
     out: list[Interval] = []
+    current: int | None = None
     down_since: datetime | None = None
-    for moment, event in sorted(connectivity):
+    for moment, _, epoch, event in ordered:
+        if moment >= until:
+            break
+        if epoch is not None:
+            if current is not None and epoch < current:
+                continue                      # a replaced connection's event
+            current = epoch
         if event == "disconnected" and down_since is None:
             down_since = moment
         elif event == "connected" and down_since is not None:
-            if moment - down_since > grace:
-                out.append((down_since + grace, moment))
+            out.append((down_since, moment))
             down_since = None
-    if down_since is not None and until - down_since > grace:
-        out.append((down_since + grace, until))
-    return out
+    if down_since is not None and until > down_since:
+        out.append((down_since, until))
+    return [i for i in out if i[1] > i[0]]
+
+
+def offline_intervals(connectivity: Sequence[ConnectivityRow], until: datetime,
+                      grace: timedelta) -> list[Interval]:
+    """Periods without a live connection (:func:`offline_periods`), minus their first ``grace``."""
+    return [(start + grace, end) for start, end in offline_periods(connectivity, until) if end - start > grace]
+
+
+def down_runs(changes: Sequence[StatusChange], until: datetime) -> list[tuple[Interval, StatusChange]]:
+    """Maximal runs of consecutive Faulted/Unavailable rows (whatever the error code), each with
+    the row that started it. ``changes`` in time order (rows at equal times in arrival order)."""
+    ordered = sorted(changes, key=lambda c: c.time)   # stable: equal times keep the caller's order
+    runs: list[tuple[Interval, StatusChange]] = []
+    first: StatusChange | None = None
+    for change in ordered:
+        if change.time >= until:
+            break
+        if change.status in DOWN_STATUSES:
+            if first is None:
+                first = change
+        elif first is not None:
+            if change.time > first.time:
+                runs.append(((first.time, change.time), first))
+            first = None
+    if first is not None and until > first.time:
+        runs.append(((first.time, until), first))
+    return runs
 
 
 def outages(timeline: PortTimeline, window: Interval, *, offline_grace: timedelta = timedelta(0),
             offline_counts: bool = True) -> list[Outage]:
-    """Outage intervals of a port inside ``window`` (overlapping causes are reported once, status first)."""
-    found: list[Outage] = []
-    for changes in (timeline.port_status, timeline.charger_status):
-        for (start, end), change in _runs(changes, window[1]):
-            if change.status in DOWN_STATUSES:
-                for s, e in intersect([(start, end)], [window]):
-                    found.append(Outage(s, e, "status", f"{change.status} {change.error_code}".strip()))
-    status_spans = merge((o.start, o.end) for o in found)
+    """Outages of a port inside ``window``, disjoint. Overlapping causes count once, in the order
+    port status, charge-point status (connector 0), connectivity: a later source's outage is
+    the part of its period no earlier source covers. Each outage keeps its start in the data
+    (``true_start``), which does not depend on where the window cuts it, as long as the
+    timeline holds what happened from the start of the outages in force at the window's start
+    (``csms.reporting.queries`` reads that)."""
+    until = window[1]
+    sources: list[tuple[str, str, list[tuple[Interval, str]]]] = [
+        ("status", "port", [(span, _cause(first)) for span, first in down_runs(timeline.port_status, until)]),
+        ("status", "charge_point", [(span, _cause(first)) for span, first in down_runs(timeline.charger_status,
+                                                                                       until)])]
     if offline_counts:
-        offline = intersect(offline_intervals(timeline.connectivity, window[1], offline_grace), [window])
-        for s, e in subtract(offline, status_spans):
-            found.append(Outage(s, e, "offline", "charge point offline"))
+        sources.append(("offline", "connection", [(span, "charge point offline") for span in
+                                                  offline_intervals(timeline.connectivity, until, offline_grace)]))
+    found: list[Outage] = []
+    covered: list[Interval] = []
+    for detection, scope, runs in sources:
+        for span, cause in runs:
+            for piece in subtract([span], covered):
+                for start, end in intersect([piece], [window]):
+                    found.append(Outage(start, end, detection, cause, piece[0], scope, piece[1] >= until))
+        covered = merge([*covered, *(span for span, _ in runs)])
     return sorted(found, key=lambda o: o.start)
+
+
+def _cause(first: StatusChange) -> str:
+    return f"{first.status} {first.error_code}".strip()
+
+
+def lookback_start(timeline: PortTimeline, at: datetime, *, offline_grace: timedelta = timedelta(0)) -> datetime | None:
+    """The earliest start of a charge-point-level outage or an offline period in force at ``at``.
+
+    The part of such an outage that counts is what the port's own status does not cover, so
+    where it starts depends on the port's statuses since that start: the reader loads them."""
+    starts = [span[0] for span, _ in down_runs(timeline.charger_status, datetime.max.replace(tzinfo=UTC))
+              if span[0] < at < span[1]]
+    starts += [s for s, e in offline_intervals(timeline.connectivity, datetime.max.replace(tzinfo=UTC), offline_grace)
+               if s < at < e]
+    return min(starts) if starts else None
 
 
 def known_since(timeline: PortTimeline) -> datetime | None:
     moments = [c.time for c in timeline.port_status] + [c.time for c in timeline.charger_status] + \
-        [t for t, _ in timeline.connectivity]
+        [row[0] for row in timeline.connectivity]
     return min(moments) if moments else None
 
 
@@ -122,23 +231,28 @@ class UptimeResult:
     method: str
     period_start: datetime
     period_end: datetime
-    minutes_in_period: float
+    minutes_in_period: float          # the requested window, real minutes
     denominator_minutes: float
     t_outage_min: float
     t_excluded_min: float
     uptime_pct: float | None
     eligible: bool
     pro_rata_uptime_pct: float | None
-    data_completeness: float
+    data_completeness: float          # minutes with the port's state known ÷ minutes_in_period
     excluded_by_reason: dict[str, float] = field(default_factory=dict)
     outages: list[Outage] = field(default_factory=list)
-
-    @property
-    def meets_requirement(self) -> bool | None:
-        # NEVI: "greater than 97 %" (680.116(b)); UK: at least 99 % (PCPR reg. 7).
-        if self.uptime_pct is None:
-            return None
-        return self.uptime_pct >= 99.0 if self.method == "uk" else self.uptime_pct > 97.0
+    computed_until: datetime | None = None
+    complete: bool = True
+    minutes_known: float = 0.0
+    meets_requirement: bool | None = None
+    uptime_null_reasons: list[NullReason] = field(default_factory=list)
+    verdict_null_reasons: list[NullReason] = field(default_factory=list)
+    known_since: datetime | None = None
+    # pro rata parts (minutes), for aggregation over ports
+    live_minutes: float = 0.0
+    live_lost_minutes: float = 0.0
+    # UK: outage minutes inside access hours under a recorded exclusion reg. 7 does not allow
+    exclusions_not_applied_min: dict[str, float] = field(default_factory=dict)
 
 
 def excluded_minutes(outage_spans: list[Interval], exclusions: Sequence[Exclusion],
@@ -159,40 +273,134 @@ def excluded_minutes(outage_spans: list[Interval], exclusions: Sequence[Exclusio
     return minutes(covered), by_reason
 
 
+@dataclass(frozen=True, slots=True)
+class OutageExclusion:
+    excluded_min: float
+    reason: str | None          # the reason covering most of the outage's excluded minutes
+    notes: str                  # that exclusion's notes ("" for outside hours)
+
+
+def outage_exclusion(outage: Outage, exclusions: Sequence[Exclusion], opening: list[Interval],
+                     window: Interval) -> OutageExclusion:
+    """The excluded part of one outage, by the same rule as T_excluded."""
+    span = [(outage.start, outage.end)]
+    excluded, by_reason = excluded_minutes(span, exclusions, opening, window)
+    if not by_reason:
+        return OutageExclusion(0.0, None, "")
+    reason = max(by_reason, key=lambda r: (by_reason[r], r))
+    notes = next((e.notes for e in exclusions if e.reason == reason and e.start < outage.end and e.end > outage.start),
+                 "")
+    return OutageExclusion(excluded, reason, notes)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def uptime(*, method: str, timeline: PortTimeline, window: Interval, opening: list[Interval],
            exclusions: Sequence[Exclusion] = (), operational_since: datetime | None = None,
-           offline_grace: timedelta = timedelta(0), offline_counts: bool = True) -> UptimeResult:
-    """One port's uptime over ``window`` by ``method`` ('nevi', 'generic' or 'uk')."""
-    period_min = (window[1] - window[0]).total_seconds() / 60.0
+           operational_since_source: str = "port", offline_grace: timedelta = timedelta(0),
+           offline_counts: bool = True, now: datetime | None = None) -> UptimeResult:
+    """One port's uptime over ``window`` by ``method`` ('nevi', 'generic' or 'uk').
+
+    ``now``: minutes from ``now`` on have not happened and are not computed (None: the window
+    has ended). ``opening``: the access hours inside the window."""
+    period_min = minutes([window])
+    end = window[1] if now is None else min(window[1], max(now, window[0]))
+    computed: Interval = (window[0], end)
+    complete = end == window[1]
     start_known = known_since(timeline)
-    known = [] if start_known is None else intersect([(max(start_known, window[0]), window[1])], [window])
-    completeness = round(minutes(known) / period_min, 4) if period_min else 0.0
+    known = [] if start_known is None else intersect([(start_known, end)], [computed])
+    known_min = minutes(known)
+    completeness = round(known_min / period_min, 4) if period_min else 0.0
+
+    # Why a figure over the whole window cannot be given (period and data).
+    period_reasons: list[NullReason] = []
+    if not complete:
+        if end == window[0]:
+            period_reasons.append(NullReason(PERIOD_NOT_STARTED, f"the period starts at {_iso(window[0])}, after now"))
+        else:
+            period_reasons.append(NullReason(PERIOD_INCOMPLETE, f"the period ends at {_iso(window[1])}, after now: "
+                                             f"computed until {_iso(end)}"))
+    data_reasons: list[NullReason] = []
+    if end > window[0] and not known:
+        data_reasons.append(NullReason(NO_DATA, "no status or connection of the port is recorded up to "
+                                       f"{_iso(end)}"))
+    elif known and known[0][0] > window[0]:
+        data_reasons.append(NullReason(STATE_UNKNOWN, f"the port's state is unknown before {_iso(known[0][0])} "
+                                       f"(its first data): {round2(minutes([(window[0], known[0][0])]))} minutes"))
+    opening_done = intersect(opening, [computed])
+
     if method == "uk":
-        # UK reg. 7: only INOPERATIVE/OUTOFORDER within access hours count; UNKNOWN (offline) is reliable.
-        outs = outages(timeline, window, offline_grace=offline_grace, offline_counts=False)
-        spans = intersect(merge((o.start, o.end) for o in outs), opening)
-        op_min = minutes(opening)
-        value = round2((1 - minutes(spans) / op_min) * 100) if op_min and known else None
-        return UptimeResult("uk", window[0], window[1], period_min, op_min, minutes(spans), 0.0, value,
-                            True, value, completeness, {}, outs)
-    outs = outages(timeline, window, offline_grace=offline_grace, offline_counts=offline_counts)
+        applied = [(e.start, e.end) for e in exclusions if e.reason in UK_APPLIED_EXCLUSIONS]
+        op = subtract(intersect(opening_done, known), applied)
+        outs = outages(timeline, computed, offline_grace=offline_grace, offline_counts=False)
+        spans = intersect(merge((o.start, o.end) for o in outs), op)
+        op_min = minutes(op)
+        value = round2((1 - minutes(spans) / op_min) * 100) if op_min else None
+        not_applied: dict[str, float] = {}
+        for e in exclusions:
+            if e.reason not in UK_APPLIED_EXCLUSIONS:
+                part = minutes(intersect(spans, [(e.start, e.end)]))
+                if part:
+                    not_applied[e.reason] = round2(not_applied.get(e.reason, 0.0) + part)
+        value_reasons: list[NullReason] = []
+        if value is None:
+            value_reasons = period_reasons if end == window[0] else [r for r in data_reasons if r.code == NO_DATA] or [
+                NullReason(NO_ACCESS_HOURS, "no access hours of the port with a known state in the period")]
+        verdict_reasons = value_reasons or period_reasons
+        meets = None if verdict_reasons else value is not None and value >= 99.0   # reg. 7(2): "99%"
+        return UptimeResult(
+            "uk", window[0], window[1], period_min, op_min, round2(minutes(spans)), 0.0, value, True, value,
+            completeness, {}, outs, end, complete, known_min, meets, value_reasons, verdict_reasons, start_known,
+            op_min, minutes(spans), not_applied)
+
+    outs = outages(timeline, computed, offline_grace=offline_grace, offline_counts=offline_counts)
     spans = merge((o.start, o.end) for o in outs)
     t_out = minutes(spans)
-    t_excl, by_reason = excluded_minutes(spans, exclusions, opening, window)
-    denominator = float(NEVI_MINUTES) if method == "nevi" else period_min
-    eligible = method != "nevi" or (operational_since is not None and operational_since <= window[0])
-    value = round2((denominator - (t_out - t_excl)) / denominator * 100) if known else None
+    t_excl, by_reason = excluded_minutes(spans, exclusions, opening_done, computed)
     # A port younger than the window: the same formula over the part it has existed (pro rata).
     since = max(window[0], operational_since or window[0], start_known or window[0])
-    live_min = (window[1] - since).total_seconds() / 60.0
-    pro_rata = None
+    live_min = minutes([(since, end)])
+    pro_rata = live_lost = None
     if known and live_min > 0:
-        live_spans = intersect(spans, [(since, window[1])])
-        live_excl, _ = excluded_minutes(live_spans, exclusions, opening, (since, window[1]))
-        pro_rata = round2((live_min - (minutes(live_spans) - live_excl)) / live_min * 100)
+        live_spans = intersect(spans, [(since, end)])
+        live_excl, _ = excluded_minutes(live_spans, exclusions, intersect(opening_done, [(since, end)]), (since, end))
+        live_lost = minutes(live_spans) - live_excl
+        pro_rata = round2((live_min - live_lost) / live_min * 100)
+    if method == "nevi":
+        denominator = float(NEVI_MINUTES)
+        eligible = operational_since is not None and operational_since <= window[0]
+        value_reasons = list(period_reasons)
+        if operational_since is None:
+            value_reasons.append(NullReason(OPERATIONAL_SINCE_UNKNOWN, "no operational_since is recorded for the port "
+                                            "or its location"))
+        elif not eligible:
+            value_reasons.append(NullReason(OPERATED_LESS_THAN_12_MONTHS, _younger(operational_since,
+                                                                                   operational_since_source, window)))
+        value_reasons += data_reasons
+        value = None if value_reasons else round2((denominator - (t_out - t_excl)) / denominator * 100)
+        meets = None if value is None else value > 97.0   # 680.116(b): "greater than 97 percent"
+        verdict_reasons = value_reasons
+    else:
+        denominator = known_min
+        eligible = True
+        value = round2((known_min - (t_out - t_excl)) / known_min * 100) if known_min else None
+        value_reasons = [] if value is not None else period_reasons if end == window[0] else data_reasons
+        verdict_reasons = value_reasons or period_reasons
+        meets = None if verdict_reasons or value is None else value > 97.0
     return UptimeResult(method, window[0], window[1], period_min, denominator, round2(t_out), round2(t_excl),
-                        value if eligible else None, eligible, pro_rata, completeness,
-                        {k: round2(v) for k, v in by_reason.items()}, outs)
+                        value, eligible, pro_rata, completeness, {k: round2(v) for k, v in by_reason.items()}, outs,
+                        end, complete, known_min, meets, value_reasons, verdict_reasons, start_known,
+                        live_min if live_lost is not None else 0.0, live_lost or 0.0)
+
+
+def _younger(since: datetime, source: str, window: Interval) -> str:
+    origin = {"port": "the port's operational_since", "location": "its location's operational_since",
+              "registration": "its registration time: no operational_since is recorded for the port or its "
+                              "location"}.get(source, source)
+    return (f"operational since {_iso(since)} ({origin}), after the window's start {_iso(window[0])}: NEVI uptime "
+            "is given for ports operated for the whole 12 months (23 CFR 680.116(b)(2)); see pro_rata_uptime_pct")
 
 
 def nevi_window(report_month: str, time_zone: str) -> Interval:
@@ -206,3 +414,12 @@ def nevi_window(report_month: str, time_zone: str) -> Interval:
     start = datetime(start_year, start_month, 1, tzinfo=zone).astimezone(UTC)
     end = datetime(end_year, end_month, 1, tzinfo=zone).astimezone(UTC)
     return start, end
+
+
+def local_month(month: str, time_zone: str) -> Interval:
+    """The calendar month ``YYYY-MM`` in the station's zone, as UTC instants (DST-correct)."""
+    year, number = (int(x) for x in month.split("-"))
+    zone = ZoneInfo(time_zone)
+    following = (year + 1, 1) if number == 12 else (year, number + 1)
+    return (datetime(year, number, 1, tzinfo=zone).astimezone(UTC),
+            datetime(*following, 1, tzinfo=zone).astimezone(UTC))

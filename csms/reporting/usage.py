@@ -7,6 +7,11 @@ the figures come from the roll-up up to that port's cut-off, and from the raw ro
 same functions the roll-up uses (``schemas.port_state``): a report never waits for the
 roll-up and never differs from it.
 
+Energy is the energy that flowed in each bucket (``schemas.port_state.session_energy``: register
+samples interpolated linearly, meterStart/meterStop as end points, untrusted samples left out),
+not the energy of the sessions that started in it; it is not limited to access hours (energy
+delivered is energy delivered). Sessions and successes are counted by their start.
+
 Report buckets are given as UTC boundaries (local midnights, local hours … computed by the
 caller in the station's zone); every boundary is on a quarter hour, so each roll-up bucket
 falls in exactly one report bucket. Access hours are applied per quarter hour: a quarter
@@ -25,16 +30,20 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from schemas.intervals import Interval
+from csms.reporting.energy_statement import CARRIED_IN_LOOKBACK
+from schemas.intervals import Interval, subtract
 from schemas.port_state import (
-    BUCKET,
+    EARLIEST,
     FAILED_STOP_REASONS,
     MIN_SUCCESS_WH,
+    SOLAR_HOURS,
     PortHistory,
     ceil_bucket,
     floor_bucket,
     load_histories,
     port_minutes,
+    session_energy,
+    settled_cuts,
 )
 
 
@@ -73,34 +82,48 @@ def _is_closed(closed: Sequence[Interval], moment: datetime) -> bool:
     return i >= 0 and closed[i][0] <= moment < closed[i][1]
 
 
-def _open_seconds(closed: Sequence[Interval], span: Interval) -> float:
-    """Seconds of ``span`` in quarter hours that start in access hours."""
-    if not closed or closed[-1][1] <= span[0] or closed[0][0] >= span[1]:
-        return (span[1] - span[0]).total_seconds()
-    total = 0.0
-    cursor = span[0]
-    while cursor < span[1]:
-        stop = min(span[1], floor_bucket(cursor) + BUCKET)
-        if not _is_closed(closed, floor_bucket(cursor)):
-            total += (stop - cursor).total_seconds()
-        cursor = stop
+def _closed_quarters(closed: Sequence[Interval]) -> list[Interval]:
+    """The quarter hours a port is closed in, as time: those whose start lies in a closed
+    interval, i.e. [ceil(s), ceil(e)) for each (disjoint, sorted) closed interval."""
+    return [(ceil_bucket(s), ceil_bucket(e)) for s, e in closed if ceil_bucket(e) > ceil_bucket(s)]
+
+
+def _open_seconds(shut: Sequence[Interval], span: Interval) -> float:
+    """Seconds of ``span`` in quarter hours that start in access hours (``shut``: _closed_quarters)."""
+    total = (span[1] - span[0]).total_seconds()
+    if not shut or shut[-1][1] <= span[0] or shut[0][0] >= span[1]:
+        return total
+    i = max(0, bisect.bisect_right(shut, (span[0], _LATEST)) - 1)
+    while i < len(shut) and shut[i][0] < span[1]:   # bounded by the closed intervals inside the span
+        lo, hi = max(shut[i][0], span[0]), min(shut[i][1], span[1])
+        if hi > lo:
+            total -= (hi - lo).total_seconds()
+        i += 1
     return total
 
 
-async def _cutoffs(db: asyncpg.Pool, ports: Sequence[PortRef], lo: datetime) -> dict[tuple[str, int], datetime]:
-    """Per port, the time before which the roll-up is complete."""
+async def _cutoffs(db: asyncpg.Pool, ports: Sequence[PortRef], lo: datetime,
+                   hi: datetime) -> dict[tuple[str, int], datetime]:
+    """Per port, the time before which the roll-up is complete (and final: no session running
+    there can still add energy before it)."""
     watermark = await db.fetchval("SELECT rolled_until FROM port_state_watermark")
     if watermark is None:
         return {(p.charge_point_id, p.evse_id): lo for p in ports}
     dirty = await db.fetch("SELECT charge_point_id, evse_id, since FROM port_state_dirty WHERE charge_point_id = "
                            "ANY($1::text[])", sorted({p.charge_point_id for p in ports}))
+    marks: dict[tuple[str, int], datetime] = {}
+    for r in dirty:
+        marks[(r["charge_point_id"], r["evse_id"])] = floor_bucket(max(r["since"], EARLIEST))
     out = {}
     for p in ports:
         cut = watermark
-        for r in dirty:
-            if r["charge_point_id"] == p.charge_point_id and r["evse_id"] in (0, p.evse_id):
-                cut = min(cut, floor_bucket(r["since"]))
+        for key in ((p.charge_point_id, 0), (p.charge_point_id, p.evse_id)):
+            if key in marks:
+                cut = min(cut, marks[key])
         out[(p.charge_point_id, p.evse_id)] = cut
+    # Only cuts inside the window matter; the others are settled as they are.
+    inside = [(cp, evse, cut) for (cp, evse), cut in out.items() if cut < hi]
+    out.update(await settled_cuts(db, inside))
     return out
 
 
@@ -114,15 +137,21 @@ dv AS (SELECT * FROM unnest($9::text[], $10::int[], $11::date[], $12::date[]) AS
 closed AS (SELECT g, range_agg(tstzrange(s, e)) AS mr
            FROM unnest($6::timestamptz[], $7::timestamptz[], $8::int[]) AS c(s, e, g) GROUP BY g),
 q AS (
-    SELECT r.bucket AS t, r.occupied_s::float8 AS occ, r.charging_s::float8 AS chg
-    FROM port_state_15m r JOIN v ON r.charge_point_id = v.cp AND r.evse_id = v.evse
+    -- LATERAL ... OFFSET 0 (not flattened): each range is a few index probes, never a scan of the roll-up
+    SELECT r.bucket AS t, COALESCE(closed.mr @> r.bucket, false) AS shut, r.occupied_s::float8 AS occ,
+           r.charging_s::float8 AS chg, r.energy_wh AS wh
+    FROM v CROSS JOIN LATERAL (
+        SELECT x.bucket, x.occupied_s, x.charging_s, x.energy_wh FROM port_state_15m x
+        WHERE x.charge_point_id = v.cp AND x.evse_id = v.evse AND x.bucket >= v.lo AND x.bucket < v.hi
+        OFFSET 0) r
     LEFT JOIN closed ON closed.g = v.g
-    WHERE r.bucket >= v.lo AND r.bucket < v.hi AND NOT COALESCE(closed.mr @> r.bucket, false)
     UNION ALL
-    SELECT d.day::timestamp AT TIME ZONE $14, d.occupied_s, d.charging_s
+    SELECT d.day::timestamp AT TIME ZONE $14, false, d.occupied_s, d.charging_s, d.energy_wh
     FROM port_state_day d JOIN dv ON d.charge_point_id = dv.cp AND d.evse_id = dv.evse
     WHERE d.day >= dv.lo AND d.day < dv.hi AND d.time_zone = $14)
-SELECT width_bucket(q.t, $13::timestamptz[]) AS i, sum(q.occ) AS occ, sum(q.chg) AS chg FROM q GROUP BY 1
+SELECT width_bucket(q.t, $13::timestamptz[]) AS i, COALESCE(sum(q.occ) FILTER (WHERE NOT q.shut), 0) AS occ,
+       COALESCE(sum(q.chg) FILTER (WHERE NOT q.shut), 0) AS chg, sum(q.wh) AS wh
+FROM q GROUP BY 1
 """
 
 # Post-charge idle percentiles over the roll-up's spans plus the spans computed from raw rows.
@@ -148,26 +177,42 @@ WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::ti
 dv AS (SELECT * FROM unnest($5::text[], $6::int[], $7::date[], $8::date[]) AS dv(cp, evse, lo, hi)),
 q AS (
     SELECT t.started_at AS t, 1 AS n,
-           (COALESCE(t.energy_wh, 0) >= $9 AND NOT (COALESCE(t.stop_reason, '') = ANY($10::text[])))::int AS ok,
-           COALESCE(t.energy_wh, 0)::float8 AS wh
-    FROM transactions t JOIN v ON t.charge_point_id = v.cp AND t.evse_id = v.evse
-    WHERE t.started_at >= v.lo AND t.started_at < v.hi
+           (COALESCE(t.energy_wh, 0) >= $9 AND NOT (COALESCE(t.stop_reason, '') = ANY($10::text[])))::int AS ok
+    FROM v CROSS JOIN LATERAL (   -- OFFSET 0: index probes per range, never a scan of every session
+        SELECT x.started_at, x.energy_wh, x.stop_reason FROM transactions x
+        WHERE x.charge_point_id = v.cp AND x.evse_id = v.evse AND x.started_at >= v.lo AND x.started_at < v.hi
+        OFFSET 0) t
     UNION ALL
-    SELECT d.day::timestamp AT TIME ZONE $12, d.sessions, d.successes, d.energy_wh
+    SELECT d.day::timestamp AT TIME ZONE $12, d.sessions, d.successes
     FROM port_state_day d JOIN dv ON d.charge_point_id = dv.cp AND d.evse_id = dv.evse
     WHERE d.day >= dv.lo AND d.day < dv.hi AND d.time_zone = $12)
 SELECT width_bucket(q.t, $11::timestamptz[]) AS i, COALESCE(sum(q.n), 0)::int AS n,
-       COALESCE(sum(q.ok), 0)::int AS ok, COALESCE(sum(q.wh), 0) / 1000 AS kwh
+       COALESCE(sum(q.ok), 0)::int AS ok
 FROM q GROUP BY GROUPING SETS ((1), ())
 """
+
+
+def _whole_days(p: PortRef, first: datetime, end: datetime, zone: ZoneInfo) -> list[tuple[date, date]]:
+    """Runs of station-local days inside [first, end) with no closed quarter hour (days hold all 24 hours)."""
+    out = []
+    for g0, g1 in subtract([(first, end)], _closed_quarters(p.closed)):
+        day_lo = (g0 - timedelta(microseconds=1)).astimezone(zone).date() + timedelta(days=1)
+        day_hi = g1.astimezone(zone).date()
+        if day_lo < day_hi:
+            out.append((day_lo, day_hi))
+    return out
+
+
+def _midnight(day: date, zone: ZoneInfo) -> datetime:
+    return datetime.combine(day, time(0), zone).astimezone(UTC)
 
 
 def _rolled_ranges(ports: Sequence[PortRef], first: datetime, rolled_to: dict[tuple[str, int], datetime],
                    bounds: Sequence[datetime], zone: ZoneInfo | None,
                    ) -> tuple[list[tuple[str, int, datetime, datetime]], list[tuple[str, int, date, date]]]:
     """Quarter-hour ranges and whole-day ranges that together cover each port's roll-up part.
-    Whole days serve only where every report boundary is a local midnight of the port's zone
-    and the station has no closed hours (days hold all 24 hours)."""
+    Whole days serve only where every report boundary is a local midnight of the port's zone,
+    for the days in which the port has no closed quarter hour."""
     by_days = zone is not None and all(b.astimezone(zone).time() == time(0) for b in bounds[1:-1])
     ranges: list[tuple[str, int, datetime, datetime]] = []
     days: list[tuple[str, int, date, date]] = []
@@ -175,35 +220,27 @@ def _rolled_ranges(ports: Sequence[PortRef], first: datetime, rolled_to: dict[tu
         end = rolled_to[(p.charge_point_id, p.evse_id)]
         if end <= first:
             continue
-        if by_days and zone is not None and p.time_zone == zone.key and not p.closed:
-            day_lo = (first - timedelta(microseconds=1)).astimezone(zone).date() + timedelta(days=1)
-            day_hi = end.astimezone(zone).date()
-            start_lo = datetime.combine(day_lo, time(0), zone).astimezone(UTC)
-            start_hi = datetime.combine(day_hi, time(0), zone).astimezone(UTC)
-            if day_lo < day_hi:
-                days.append((p.charge_point_id, p.evse_id, day_lo, day_hi))
-                ranges.append((p.charge_point_id, p.evse_id, first, start_lo))
-                ranges.append((p.charge_point_id, p.evse_id, start_hi, end))
-                continue
-        ranges.append((p.charge_point_id, p.evse_id, first, end))
-    return [r for r in ranges if r[2] < r[3]], days
+        runs = _whole_days(p, first, end, zone) if by_days and zone is not None and p.time_zone == zone.key else []
+        for day_lo, day_hi in runs:
+            days.append((p.charge_point_id, p.evse_id, day_lo, day_hi))
+        covered = [(_midnight(lo, zone), _midnight(hi, zone)) for lo, hi in runs] if zone is not None else []
+        ranges.extend((p.charge_point_id, p.evse_id, s, e) for s, e in subtract([(first, end)], covered))
+    return ranges, days
 
 
 def _session_ranges(ports: Sequence[PortRef], lo: datetime, hi: datetime,
                     days: Sequence[tuple[str, int, date, date]], zone: ZoneInfo | None,
                     ) -> list[tuple[str, int, datetime, datetime]]:
     """The window minus each port's whole days (whose sessions the roll-up has counted)."""
-    by_port = {(d[0], d[1]): d for d in days}
-    out = []
+    by_port: dict[tuple[str, int], list[Interval]] = {}
+    for cp, evse, day_lo, day_hi in days:
+        if zone is not None:
+            by_port.setdefault((cp, evse), []).append((_midnight(day_lo, zone), _midnight(day_hi, zone)))
+    out: list[tuple[str, int, datetime, datetime]] = []
     for p in ports:
         key = (p.charge_point_id, p.evse_id)
-        if key in by_port and zone is not None:
-            _, _, day_lo, day_hi = by_port[key]
-            out.append((*key, lo, datetime.combine(day_lo, time(0), zone).astimezone(UTC)))
-            out.append((*key, datetime.combine(day_hi, time(0), zone).astimezone(UTC), hi))
-        else:
-            out.append((*key, lo, hi))
-    return [r for r in out if r[2] < r[3]]
+        out.extend((*key, s, e) for s, e in subtract([(lo, hi)], by_port.get(key, [])))
+    return out
 
 
 async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[datetime], *,
@@ -221,12 +258,13 @@ async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[dat
     group_of = {c: n for n, c in enumerate(groups)}
     for closed_hours, members in groups.items():
         rated = sum(p.rated_kw for p in members)
+        shut = _closed_quarters(closed_hours)
         for b in out:
-            open_s = _open_seconds(closed_hours, (b.start, b.end))
+            open_s = _open_seconds(shut, (b.start, b.end))
             b.avail_s += open_s * len(members)
             b.capacity_kwh += rated * open_s / 3600.0
     closed_of = {(p.charge_point_id, p.evse_id): p.closed for p in ports}
-    cut = await _cutoffs(db, ports, lo)
+    cut = await _cutoffs(db, ports, lo, hi)
     first, last = ceil_bucket(lo), floor_bucket(hi)
     keys = [(p.charge_point_id, p.evse_id) for p in ports]
     # Roll-up part of each port: [first, min(cut, last)).
@@ -244,6 +282,7 @@ async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[dat
         if 1 <= r["i"] <= len(out):
             out[r["i"] - 1].occupied_s += r["occ"]
             out[r["i"] - 1].charging_s += r["chg"]
+            out[r["i"] - 1].energy_kwh += r["wh"] / 1000
     # Raw part: the head [lo, first) and the tail [rolled_to, hi).
     raw_ended: list[datetime] = []
     raw_idle: list[float] = []
@@ -258,6 +297,10 @@ async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[dat
                 if 0 <= i < len(out) and not _is_closed(closed_of[key], start):
                     out[i].occupied_s += occ
                     out[i].charging_s += chg
+            for start, wh in minutes.energy.items():
+                i = bisect.bisect_right(lower, start) - 1
+                if 0 <= i < len(out):
+                    out[i].energy_kwh += wh / 1000
             for span in minutes.spans:
                 if span.post_charge_idle_s is not None and span.ended_at >= span_cut[key]:
                     raw_ended.append(span.ended_at)
@@ -281,7 +324,7 @@ async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[dat
                             sorted(FAILED_STOP_REASONS), lower, zone.key if zone else "UTC"):
         target = total if r["i"] is None else out[r["i"] - 1] if 1 <= r["i"] <= len(out) else None
         if target is not None:
-            target.sessions, target.successes, target.energy_kwh = r["n"], r["ok"], r["kwh"]
+            target.sessions, target.successes = r["n"], r["ok"]
     if with_peak:
         await _peaks(db, cps, evses, out)
         total.peak_concurrency = max((b.peak_concurrency or 0) for b in out)
@@ -290,6 +333,7 @@ async def usage(db: asyncpg.Pool, ports: Sequence[PortRef], bounds: Sequence[dat
         total.capacity_kwh += b.capacity_kwh
         total.occupied_s += b.occupied_s
         total.charging_s += b.charging_s
+        total.energy_kwh += b.energy_kwh
     return out, total
 
 
@@ -325,3 +369,103 @@ async def _peaks(db: asyncpg.Pool, cps: list[str], evses: list[int], out: list[B
             j += 1
             peak = max(peak, running)
         b.peak_concurrency = peak
+
+
+@dataclass(slots=True)
+class PeriodEnergy:
+    """One port's energy inside a period, split at ``schemas.port_state.SOLAR_HOURS``, and its sessions."""
+
+    solar_wh: float = 0.0
+    other_wh: float = 0.0
+    sessions: int = 0            # started in the period
+    carried_in: int = 0          # started before it (at most CARRIED_IN_LOOKBACK), still running at its start
+
+
+# Energy of each port over its quarter-hour ranges and whole days of the roll-up; $7 the zone, $8/$9
+# the solar hours (local wall clock of a quarter hour's start).
+_PERIOD_ENERGY_SQL = """
+WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::timestamptz[]) AS v(cp, evse, lo, hi)),
+dv AS (SELECT * FROM unnest($5::text[], $6::int[], $10::date[], $11::date[]) AS dv(cp, evse, lo, hi)),
+q AS (
+    SELECT v.cp, v.evse, r.energy_wh AS wh,
+           CASE WHEN (r.bucket AT TIME ZONE $7)::time >= $8::time AND (r.bucket AT TIME ZONE $7)::time < $9::time
+                THEN r.energy_wh ELSE 0 END AS solar
+    FROM v CROSS JOIN LATERAL (
+        SELECT x.bucket, x.energy_wh FROM port_state_15m x
+        WHERE x.charge_point_id = v.cp AND x.evse_id = v.evse AND x.bucket >= v.lo AND x.bucket < v.hi
+          AND x.energy_wh <> 0 OFFSET 0) r
+    UNION ALL
+    SELECT d.charge_point_id, d.evse_id, d.energy_wh, d.energy_solar_wh
+    FROM port_state_day d JOIN dv ON d.charge_point_id = dv.cp AND d.evse_id = dv.evse
+    WHERE d.day >= dv.lo AND d.day < dv.hi AND d.time_zone = $7)
+SELECT cp, evse, sum(wh) AS wh, sum(solar) AS solar FROM q GROUP BY 1, 2
+"""
+
+_PERIOD_SESSIONS_SQL = """
+WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::timestamptz[]) AS v(cp, evse, lo, hi)),
+dv AS (SELECT * FROM unnest($5::text[], $6::int[], $7::date[], $8::date[]) AS dv(cp, evse, lo, hi)),
+q AS (
+    SELECT v.cp, v.evse, 1 AS n
+    FROM v CROSS JOIN LATERAL (
+        SELECT 1 FROM transactions x
+        WHERE x.charge_point_id = v.cp AND x.evse_id = v.evse AND x.started_at >= v.lo AND x.started_at < v.hi
+        OFFSET 0) t
+    UNION ALL
+    SELECT d.charge_point_id, d.evse_id, d.sessions
+    FROM port_state_day d JOIN dv ON d.charge_point_id = dv.cp AND d.evse_id = dv.evse
+    WHERE d.day >= dv.lo AND d.day < dv.hi AND d.time_zone = $9)
+SELECT cp, evse, sum(n)::int AS n FROM q GROUP BY 1, 2
+"""
+
+_CARRIED_IN_SQL = """
+SELECT v.cp, v.evse, count(*)::int AS n
+FROM unnest($1::text[], $2::int[]) AS v(cp, evse) CROSS JOIN LATERAL (
+    SELECT 1 FROM transactions t
+    WHERE t.charge_point_id = v.cp AND t.evse_id = v.evse AND t.started_at >= $3::timestamptz - $4::interval
+      AND t.started_at < $3 AND (t.stopped_at IS NULL OR t.stopped_at > $3)
+    OFFSET 0) t
+GROUP BY 1, 2
+"""
+
+
+async def period_energy(db: asyncpg.Pool, ports: Sequence[PortRef], period: Interval,
+                        zone: ZoneInfo) -> dict[tuple[str, int], PeriodEnergy]:
+    """Per port of ``zone``: the energy that flowed in ``period`` (bounds on quarter hours, e.g.
+    local midnights), split into solar hours and the rest, by the same rule and from the same
+    roll-up as the utilization figures; and the sessions started in it / carried into it."""
+    lo, hi = period
+    refs = [PortRef(p.charge_point_id, p.evse_id, p.rated_kw, (), zone.key) for p in ports]
+    out = {(p.charge_point_id, p.evse_id): PeriodEnergy() for p in refs}
+    if not refs:
+        return out
+    cut = await _cutoffs(db, refs, lo, hi)
+    first, last = ceil_bucket(lo), floor_bucket(hi)
+    keys = list(out)
+    rolled_to = {k: max(first, min(cut[k], last)) for k in keys}
+    ranges, days = _rolled_ranges(refs, first, rolled_to, [lo, hi], zone)
+    solar = list(SOLAR_HOURS)
+    for r in await db.fetch(_PERIOD_ENERGY_SQL, [x[0] for x in ranges], [x[1] for x in ranges],
+                            [x[2] for x in ranges], [x[3] for x in ranges], [d[0] for d in days],
+                            [d[1] for d in days], zone.key, *solar, [d[2] for d in days], [d[3] for d in days]):
+        figures = out[(r["cp"], r["evse"])]
+        figures.solar_wh += r["solar"]
+        figures.other_wh += r["wh"] - r["solar"]
+    segments = [(k, (lo, min(first, hi))) for k in keys if lo < first] + \
+               [(k, (rolled_to[k], hi)) for k in keys if rolled_to[k] < hi]
+    for part in (segments[i:i + 200] for i in range(0, len(segments), 200)):
+        for (key, window), history in zip(part, await _histories(db, part), strict=True):
+            figures = out[key]
+            for start, wh in session_energy(history.sessions, window).items():
+                local = start.astimezone(zone).time()
+                if solar[0] <= local < solar[1]:
+                    figures.solar_wh += wh
+                else:
+                    figures.other_wh += wh
+    tx_ranges = _session_ranges(refs, lo, hi, days, zone)
+    for r in await db.fetch(_PERIOD_SESSIONS_SQL, [x[0] for x in tx_ranges], [x[1] for x in tx_ranges],
+                            [x[2] for x in tx_ranges], [x[3] for x in tx_ranges], [d[0] for d in days],
+                            [d[1] for d in days], [d[2] for d in days], [d[3] for d in days], zone.key):
+        out[(r["cp"], r["evse"])].sessions = r["n"]
+    for r in await db.fetch(_CARRIED_IN_SQL, [k[0] for k in keys], [k[1] for k in keys], lo, CARRIED_IN_LOOKBACK):
+        out[(r["cp"], r["evse"])].carried_in = r["n"]
+    return out

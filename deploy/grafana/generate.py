@@ -51,6 +51,7 @@ QUALITY_FLAGS: dict[int, str] = {
     1 << 6: "connector_zero_total",
     1 << 7: "schema_tolerated",
     1 << 8: "unparseable_value",
+    1 << 9: "unknown_transaction",
 }
 
 STATUS_COLORS: dict[str, str] = {
@@ -253,11 +254,12 @@ def dashboard(uid: str, title: str, description: str, panels: list[Json], *, tag
 
 LATEST_CONNECTION_CTE = """\
 latest_connection AS (
-    -- a charger is online when its latest connected/disconnected event is 'connected'
+    -- a charger is online when the latest event of its newest connection (highest connection_epoch)
+    -- is 'connected': a replaced socket's late 'disconnected' has a lower epoch (schemas/BUS.md)
     SELECT DISTINCT ON (charge_point_id) charge_point_id, event, time
     FROM connection_events
     WHERE event IN ('connected', 'disconnected')
-    ORDER BY charge_point_id, time DESC
+    ORDER BY charge_point_id, connection_epoch DESC NULLS LAST, time DESC, event = 'disconnected' DESC
 )"""
 
 # Status intervals per port (evse_id > 0, connector_id > 0) clipped to the dashboard's range:
@@ -317,9 +319,9 @@ def fleet_overview() -> Json:
     lay = Layout()
     lay.add(panel(
         "stat", "Chargers online / offline",
-        "How many registered chargers have a live websocket right now? A charger is online when its latest "
-        "connection event (connection_events) is 'connected'; registered chargers that never connected count as "
-        "offline.",
+        "How many registered chargers have a live websocket right now? A charger is online when the latest "
+        "connection event (connection_events) of its newest connection (highest connection_epoch) is "
+        "'connected'; registered chargers that never connected count as offline.",
         [sql_target(f"""
             WITH {LATEST_CONNECTION_CTE}
             SELECT count(*) FILTER (WHERE lc.event = 'connected') AS "Online",
@@ -645,10 +647,12 @@ def charger_detail() -> Json:
         options=table_options()), 16, 8)
     lay.add(panel(
         "table", "Connections",
-        "When did the charger connect, disconnect (and why) and boot, and on which node (connection_events).",
+        "When did the charger connect, disconnect (and why) and boot, and on which node (connection_events). "
+        "Epoch numbers the charger's websockets: a disconnect of an older epoch than the latest connect is a "
+        "replaced socket closing late, not an outage.",
         [sql_target("""
             SELECT time AS "Time", event AS "Event", reason AS "Reason", ocpp_version AS "OCPP",
-                   node_id AS "Node"
+                   node_id AS "Node", connection_epoch AS "Epoch"
             FROM connection_events
             WHERE charge_point_id = '$charge_point' AND $__timeFilter(time)
             ORDER BY time DESC
