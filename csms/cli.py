@@ -25,12 +25,12 @@ from typing import Any
 import asyncpg
 
 from csms import __version__
-from csms.admin_cli import ADMIN_COMMANDS, add_admin_commands, run_admin
-from csms.app import CentralSystem, migrate, run_ingest, run_until_stopped
-from csms.embedded_pg import EmbeddedPostgres
-from csms.errors import CsmsError
-from csms.logging_setup import configure_logging
-from csms.simulate.command import add_simulate_command, run_simulate
+from csms.common.errors import CsmsError
+from csms.run.admin import ADMIN_COMMANDS, add_admin_commands, run_admin
+from csms.run.central import CentralSystem, migrate, run_until_stopped
+from csms.run.embedded_pg import EmbeddedPostgres
+from csms.run.ingest import run_ingest
+from csms.run.logging_setup import configure_logging
 from schemas.settings import SETTINGS_FIELDS, Settings, SettingsError, add_setting_flags, load_settings
 
 logger = logging.getLogger("csms")
@@ -47,7 +47,12 @@ ROLES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Tools (the simulator, the benchmarks) are imported only when asked for: no server role loads them.
+TOOL_COMMANDS = {"simulate": "run a simulated charger fleet against a central system (csms simulate --help)"}
+
+
+def build_parser(*, tool: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``tool``: the tool command being run, whose options are loaded (lazily)."""
     parser = argparse.ArgumentParser(prog="csms", description="OCPP fleet telemetry backend")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -61,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="days of history the demo fleet writes first, in fast-forward (default 2; "
                                 "only when the demo chargers have no data yet)")
     add_admin_commands(sub)
-    add_simulate_command(sub)
+    if tool == "simulate":
+        from csms.simulate.command import add_simulate_command
+
+        add_simulate_command(sub)
+    else:
+        for name, help_text in TOOL_COMMANDS.items():
+            sub.add_parser(name, help=help_text, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -93,8 +104,14 @@ def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> No
     asyncio.run(runner())
 
 
+def _tool_of(argv: Sequence[str]) -> str | None:
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in TOOL_COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(tool=_tool_of(argv)).parse_args(argv)
     try:
         settings = settings_from(args, os.environ if environ is None else environ)
     except SettingsError as exc:
@@ -104,6 +121,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if command == "db-url":
         return _db_url(settings)
     if command == "simulate":
+        from csms.simulate.command import run_simulate
+
         configure_logging(settings.log_level)
         return run_simulate(args, settings)
     if command in ADMIN_COMMANDS:

@@ -41,7 +41,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from ingest.metrics import IngestMetrics
-from ingest.worker import InstrumentedWriter, MqttIngestWorker
+from ingest.worker import MeteredWriter, MqttIngestWorker
 from ingest.writer import TimescaleWriter
 from schemas import EVENT_SCHEMA_VERSION
 from schemas.events import EventBatch, MeterEvent, Sample, encode_batch
@@ -128,9 +128,10 @@ async def _bus_to_rows(url: str, mqtt_url: str, samples: int) -> float:
     per_message = 50  # events per bus message, as a node's outbox groups them
     registry = CollectorRegistry()
     metrics = IngestMetrics.create(registry)
-    writer = InstrumentedWriter(writer=await TimescaleWriter.connect(database_url=url), metrics=metrics)
+    writer = MeteredWriter(writer=await TimescaleWriter.connect(database_url=url), metrics=metrics)
     worker = MqttIngestWorker(writer=writer, metrics=metrics, mqtt_url=mqtt_url, client_id="bench-ingest",
-                              batch_max_rows=BATCH_ROWS, batch_max_delay_ms=200, max_in_flight_messages=1000)
+                              batch_max_rows=BATCH_ROWS, batch_max_delay_ms=200, max_in_flight_messages=1000,
+                              retry_max_s=10.0)
     broker = parse_mqtt_url(mqtt_url)
     host, port = broker.host, broker.port
     # Create the worker's persistent session and shared subscription, leave it offline, publish

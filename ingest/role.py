@@ -12,33 +12,32 @@ from prometheus_client import CollectorRegistry
 from ingest.maintenance import maintenance_loop
 from ingest.metrics import IngestMetrics
 from ingest.rollup import rollup_loop
-from ingest.worker import InstrumentedWriter, MqttIngestWorker
+from ingest.worker import MeteredWriter, MqttIngestWorker
 from ingest.writer import TimescaleWriter
 from schemas.events import Event
+from schemas.roles import IngestRole
 from schemas.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-MAINTENANCE_INTERVAL_S = 3600.0
-
-
 class EmbeddedSink:
     """In-process sink for ``csms run``: commits events, runs maintenance in the background."""
 
-    def __init__(self, *, writer: InstrumentedWriter, retention_days: int, rollup_interval_s: float) -> None:
+    def __init__(self, *, writer: MeteredWriter, retention_days: int, rollup_interval_s: float,
+                 maintenance_interval_s: float) -> None:
         self._writer = writer
         self._stop = asyncio.Event()
         self._maintenance = asyncio.create_task(
-            maintenance_loop(writer.writer.pool, retention_days=retention_days,
-                             interval_s=MAINTENANCE_INTERVAL_S, stop=self._stop),
+            maintenance_loop(writer.pool, retention_days=retention_days,
+                             interval_s=maintenance_interval_s, stop=self._stop),
             name="ingest-maintenance",
         )
         self._rollup = asyncio.create_task(
-            rollup_loop(writer.writer.pool, interval_s=rollup_interval_s, stop=self._stop,
+            rollup_loop(writer.pool, interval_s=rollup_interval_s, stop=self._stop,
                         port_failures=writer.metrics.rollup_port_failures), name="ingest-rollup")
 
     async def write(self, events: Sequence[Event]) -> None:
-        await self._writer.write(events)
+        await self._writer.write_batch(events)
 
     async def close(self) -> None:
         self._stop.set()
@@ -50,36 +49,38 @@ class EmbeddedSink:
 
 class _IngestRole:
     async def open_sink(self, *, settings: Settings, database_url: str,
-                        registry: CollectorRegistry | None = None) -> EmbeddedSink:
-        metrics = IngestMetrics.create(registry if registry is not None else CollectorRegistry())
-        writer = await TimescaleWriter.connect(database_url=database_url, max_size=4,
+                        metrics: CollectorRegistry | None = None) -> EmbeddedSink:
+        ingest_metrics = IngestMetrics.create(metrics if metrics is not None else CollectorRegistry())
+        writer = await TimescaleWriter.connect(database_url=database_url, max_size=settings.ingest_db_pool_max,
                                                connect_timeout_s=settings.db_connect_timeout_s)
-        return EmbeddedSink(writer=InstrumentedWriter(writer=writer, metrics=metrics),
-                            retention_days=settings.retention_days, rollup_interval_s=settings.rollup_interval_s)
+        return EmbeddedSink(writer=MeteredWriter(writer=writer, metrics=ingest_metrics),
+                            retention_days=settings.retention_days, rollup_interval_s=settings.rollup_interval_s,
+                            maintenance_interval_s=settings.maintenance_interval_s)
 
     async def run_worker(self, *, settings: Settings, database_url: str, stop: asyncio.Event,
-                         registry: CollectorRegistry) -> None:
+                         metrics: CollectorRegistry) -> None:
         if not settings.mqtt_url:
             raise ValueError("the ingest worker needs --mqtt-url (CSMS_MQTT_URL)")
-        metrics = IngestMetrics.create(registry)
-        writer = await TimescaleWriter.connect(database_url=database_url, max_size=settings.db_pool_max,
-                                               connect_timeout_s=settings.db_connect_timeout_s)
-        instrumented = InstrumentedWriter(writer=writer, metrics=metrics)
-        worker = MqttIngestWorker(writer=instrumented, metrics=metrics, mqtt_url=settings.mqtt_url,
+        ingest_metrics = IngestMetrics.create(metrics)
+        writer = MeteredWriter(writer=await TimescaleWriter.connect(
+            database_url=database_url, max_size=settings.ingest_db_pool_max,
+            connect_timeout_s=settings.db_connect_timeout_s), metrics=ingest_metrics)
+        worker = MqttIngestWorker(writer=writer, metrics=ingest_metrics, mqtt_url=settings.mqtt_url,
                                   client_id=f"csms-ingest-{settings.node_id}",
                                   batch_max_rows=settings.ingest_batch_max_rows,
                                   batch_max_delay_ms=settings.ingest_batch_max_delay_ms,
-                                  max_in_flight_messages=settings.ingest_max_in_flight_messages)
+                                  max_in_flight_messages=settings.ingest_max_in_flight_messages,
+                                  retry_max_s=settings.ingest_retry_max_s)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(worker.run(stop), name="ingest-mqtt")
                 tg.create_task(maintenance_loop(writer.pool, retention_days=settings.retention_days,
-                                                interval_s=MAINTENANCE_INTERVAL_S, stop=stop),
+                                                interval_s=settings.maintenance_interval_s, stop=stop),
                                name="ingest-maintenance")
                 tg.create_task(rollup_loop(writer.pool, interval_s=settings.rollup_interval_s, stop=stop,
-                                           port_failures=metrics.rollup_port_failures), name="ingest-rollup")
+                                           port_failures=ingest_metrics.rollup_port_failures), name="ingest-rollup")
         finally:
-            await instrumented.close()
+            await writer.close()
 
 
-ROLE = _IngestRole()
+ROLE: IngestRole = _IngestRole()

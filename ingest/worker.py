@@ -41,23 +41,21 @@ _RANGES = msgspec.msgpack.Encoder()
 logger = logging.getLogger(__name__)
 
 
-class InstrumentedWriter:
-    """The writer with metrics: batch size, commit time, rows, duplicates, end-to-end lag."""
+class MeteredWriter:
+    """The idempotent writer with its metrics: batch size, commit time, rows, duplicates, end-to-end lag."""
 
     def __init__(self, *, writer: TimescaleWriter, metrics: IngestMetrics) -> None:
         self._writer = writer
         self._metrics = metrics
 
     @property
-    def writer(self) -> TimescaleWriter:
-        return self._writer
+    def pool(self) -> asyncpg.Pool:
+        """The writer's database pool (the roll-up and maintenance share it)."""
+        return self._writer.pool
 
     @property
     def metrics(self) -> IngestMetrics:
         return self._metrics
-
-    async def write(self, events: Sequence[Event]) -> None:
-        await self.write_batch(events)
 
     async def write_batch(self, events: Sequence[Event]) -> WriteResult:
         started = time.perf_counter()
@@ -95,9 +93,9 @@ class InstrumentedWriter:
 class MqttIngestWorker:
     """Consume the bus from MQTT and commit batches, acknowledging after commit."""
 
-    def __init__(self, *, writer: InstrumentedWriter, metrics: IngestMetrics, mqtt_url: str, client_id: str,
+    def __init__(self, *, writer: MeteredWriter, metrics: IngestMetrics, mqtt_url: str, client_id: str,
                  batch_max_rows: int, batch_max_delay_ms: int, max_in_flight_messages: int,
-                 retry_max_s: float = 10.0) -> None:
+                 retry_max_s: float) -> None:
         self._writer = writer
         self._metrics = metrics
         self._mqtt_url = mqtt_url
@@ -223,7 +221,7 @@ class MqttIngestWorker:
                 if not isinstance(exc, asyncpg.PostgresError):
                     # The connection itself is suspect (server restarted, or left mid-operation,
                     # e.g. asyncpg's "cannot switch to state"): replace every pooled connection.
-                    await self._writer.writer.pool.expire_connections()
+                    await self._writer.pool.expire_connections()
                 logger.warning("batch of %d events not committed (%s: %s); retrying in %.1f s", len(events),
                                type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)

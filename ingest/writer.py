@@ -21,7 +21,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from schemas.events import ConnectionEvent, Event, LogEvent, MeterEvent, StatusEvent, TransactionEvent
-from schemas.port_state import ENERGY_MEASURAND
+from schemas.port_state import ROLLED_MEASURANDS
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +163,6 @@ class TimescaleWriter:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def write(self, events: Sequence[Event]) -> None:
-        await self.write_batch(events)
-
     async def write_batch(self, events: Sequence[Event]) -> WriteResult:
         meter: list[tuple[Any, ...]] = []
         status: list[tuple[Any, ...]] = []
@@ -184,8 +181,9 @@ class TimescaleWriter:
                     meter.append((s.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.transaction_uid,
                                   s.measurand, s.phase, s.location, s.context, s.value, s.unit,
                                   s.raw_value, s.raw_unit, s.flags, ev.received_at, s.raw_time))
-                # Energy per quarter hour (roll-up, migration 0005) depends on a session's register samples.
-                registers = [s.time for s in ev.samples if s.measurand == ENERGY_MEASURAND]
+                # Energy per quarter hour (roll-up, migration 0005) depends on a session's register samples,
+                # its peak power and SoC (migration 0008 session_summary) on its power and SoC samples.
+                registers = [s.time for s in ev.samples if s.measurand in ROLLED_MEASURANDS]
                 if ev.transaction_uid and registers:
                     _mark(dirty, ev.charge_point_id, ev.evse_id, min(registers))
             elif isinstance(ev, StatusEvent):

@@ -64,6 +64,8 @@ class Settings:
                                                       "line per interval", roles="run,serve")
     rejected_frame_log_burst: int = _opt(5, "rejected frames per connection logged at INFO one by one in each "
                                             "--rejected-frame-log-interval-s", roles="run,serve")
+    websocket_max_queue_frames: int = _opt(4, "incoming websocket frames buffered per connection before the "
+                                              "socket is not read (websockets max_queue)", roles="run,serve")
 
     # Charger identity and security profiles (1.6 Security Whitepaper; 2.0.1 Part 2 A00).
     security_profile: int = _opt(1, "endpoint security profile: 1 Basic auth, 2 TLS + Basic auth, 3 mutual TLS "
@@ -101,6 +103,8 @@ class Settings:
     # HTTP: API, /metrics, /healthz.
     http_host: str = _opt("127.0.0.1", "address of the HTTP API and /metrics")
     http_port: int = _opt(8080, "port of the HTTP API and /metrics")
+    http_graceful_shutdown_s: float = _opt(5.0, "time open HTTP requests get to finish when the server stops")
+    http_start_timeout_s: float = _opt(10.0, "time allowed for the HTTP server to start listening")
     api_token: str | None = _opt(None, "operator API bearer token; unset = generated into --data-dir")
     ocpi_token: str | None = _opt(None, "token OCPI partners send (Authorization: Token …); unset = partner "
                                         "endpoints refuse everyone (the public open-data feed still works)",
@@ -121,8 +125,16 @@ class Settings:
 
     # Ingest batching.
     ingest_batch_max_rows: int = _opt(5000, "rows per ingest batch at most", roles="run,ingest")
-    ingest_batch_max_delay_ms: int = _opt(200, "a batch is written at the latest this long after its first row",
-                                          roles="run,ingest")
+    ingest_batch_max_delay_ms: int = _opt(200, "a batch is written at the latest this long after its first row "
+                                               "(MQTT ingest; the in-process bus of csms run writes at once, "
+                                               "group-committing what arrives meanwhile)", roles="run,ingest")
+    ingest_db_pool_max: int = _opt(4, "database connections of an ingest writer at most", roles="run,ingest")
+    ingest_retry_max_s: float = _opt(10.0, "longest back-off between retries of a batch or of the broker "
+                                           "connection", roles="run,ingest")
+    inprocess_bus_max_pending_rows: int = _opt(50000, "rows the in-process bus holds before publishers wait "
+                                                      "(csms run without MQTT)", roles="run")
+    maintenance_interval_s: float = _opt(3600.0, "how often retention (and compression, where licensed) runs",
+                                         roles="run,ingest")
     retention_days: int = _opt(0, "drop time-series chunks older than this (0 = keep)", roles="run,ingest")
     rollup_interval_s: float = _opt(60.0, "how often the per-port 15-minute state minutes used by utilization "
                                           "reports are brought up to date", roles="run,ingest")
@@ -171,6 +183,12 @@ class Settings:
                 or self.rejected_frame_log_interval_s <= 0 or self.rejected_frame_log_burst < 0):
             raise SettingsError("command_connect_wait_s and rejected_frame_log_burst must be at least 0, "
                                 "connection_drain_timeout_s and rejected_frame_log_interval_s positive")
+        if (self.websocket_max_queue_frames < 1 or self.ingest_db_pool_max < 1 or self.ingest_retry_max_s <= 0
+                or self.inprocess_bus_max_pending_rows < 1 or self.maintenance_interval_s <= 0
+                or self.http_graceful_shutdown_s < 0 or self.http_start_timeout_s <= 0):
+            raise SettingsError("websocket_max_queue_frames, ingest_db_pool_max, ingest_retry_max_s, "
+                                "inprocess_bus_max_pending_rows, maintenance_interval_s and http_start_timeout_s "
+                                "must be positive, http_graceful_shutdown_s at least 0")
         if self.api_token is not None and len(self.api_token) < 16:
             raise SettingsError("api_token must be at least 16 characters")
 

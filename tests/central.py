@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 import httpx
 
-from csms.app import CentralSystem
-from csms.embedded_pg import free_port
-from csms.registry import ChargePointSpec, EvseSpec, add_charge_point, add_id_token
+from csms.run.central import CentralSystem
+from csms.run.embedded_pg import free_port
+from csms.store.registry import ChargePointSpec, EvseSpec, add_charge_point, add_id_token
 from schemas.settings import Settings
 from tests.harness import make_shared_tmpdir
 

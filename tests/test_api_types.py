@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 UTC_TEXT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
-# The live and registry answers of csms/api_operator.py: each declares its response schema.
+# The live and registry answers of csms/api/operator.py: each declares its response schema.
 TYPED_RESPONSES = [
     ("get", "/api/v1/connections"), ("get", "/api/v1/charge-points"), ("get", "/api/v1/charge-points/{cp_id}/state"),
     ("get", "/api/v1/transactions"), ("post", "/api/v1/charge-points/{cp_id}/admission"),

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from schemas.bus import BusError, InProcessBus
+from csms.bus.inprocess import InProcessBus
+from schemas.bus import BusError
 from schemas.events import ConnectionEvent, Event
 
 

@@ -24,8 +24,8 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from csms.connection import RejectedFrameLog
-from csms.metrics import SPEC_ERROR_CODES, received_error_code_label
+from csms.common.log_budget import BudgetedLog
+from csms.ocpp.errors import SPEC_ERROR_CODES, received_error_code_label
 from tests.central import PASSWORD, RunningCentral, running_central
 from tests.chargers import basic_auth, iso
 
@@ -415,7 +415,7 @@ async def test_spec_callerror_codes_keep_their_label_either_spelling(db_url: str
 async def test_a_flood_of_rejected_frames_logs_a_bounded_number_of_info_lines(
         db_url: str, caplog: pytest.LogCaptureFixture) -> None:
     cp = "GARBLER"
-    caplog.set_level(logging.INFO, logger="csms.connection")
+    caplog.set_level(logging.INFO, logger="csms.gateway.connection")
     async with running_central(db_url) as central:
         await central.register(cp)
         ws = await _open(central, cp, "2.0.1")
@@ -431,7 +431,7 @@ async def test_a_flood_of_rejected_frames_logs_a_bounded_number_of_info_lines(
             await _eventually(closed, what="connection closed")
             metrics = (await api.get("/metrics")).text
     assert _metric(metrics, "csms_ocpp_messages_total", 'action="-",direction="in",outcome="rejected"') == 1000
-    lines = [r for r in caplog.records if r.name == "csms.connection" and r.levelno == logging.INFO
+    lines = [r for r in caplog.records if r.name == "csms.gateway.connection" and r.levelno == logging.INFO
              and "rejected" in r.getMessage()]
     assert len(lines) <= 10, [r.getMessage() for r in lines]
     # Every rejected frame is accounted for in the INFO lines: one each, or within an aggregate count.
@@ -448,12 +448,13 @@ async def test_a_flood_of_rejected_frames_logs_a_bounded_number_of_info_lines(
 def test_rejected_frame_log_keeps_a_few_lines_per_interval_and_counts_the_rest(
         caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
-    log = logging.LoggerAdapter(logging.getLogger("csms.connection"), {})
-    rejected = RejectedFrameLog(log, "CP", interval_s=60, per_interval=3, clock=lambda: now[0])
-    caplog.set_level(logging.INFO, logger="csms.connection")
+    log = logging.LoggerAdapter(logging.getLogger("csms.gateway.connection"), {})
+    rejected = BudgetedLog(log, "rejected frame from CP", summary="{n} more frames rejected from CP", interval_s=60,
+                           per_interval=3, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="csms.gateway.connection")
     for i in range(100):
         now[0] = i * 1.0  # 100 frames over 100 s: two intervals
-        rejected.rejected(f"bad {i}")
+        rejected.event(f"bad {i}")
     rejected.flush()
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert messages == ["rejected frame from CP: bad 0", "rejected frame from CP: bad 1",

@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from csms.registry import LocationSpec, upsert_location
+from csms.store.registry import LocationSpec, upsert_location
 from schemas.events import QUALITY_FLAG_NAMES
 from schemas.migrate import apply_migrations
 from tests.central import PASSWORD, running_central
@@ -44,7 +44,7 @@ CHARGERS_201 = ["DASH201-C"]
 # The charger-templated panels run for a 1.6 and a 2.0.1 charger.
 DETAIL_CHARGERS = [CHARGERS_16[0], CHARGERS_201[0]]
 
-# Every metric the system exports (csms/metrics.py, ingest/metrics.py); histograms add suffixes.
+# Every metric the system exports (csms/gateway/metrics.py, ingest/metrics.py); histograms add suffixes.
 METRICS = frozenset({
     "csms_build_info", "csms_chargers_connected", "csms_connections_opened_total", "csms_connections_closed_total",
     "csms_handshake_failures_total", "csms_ocpp_messages_total", "csms_ocpp_callerrors_sent_total",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from csms.embedded_pg import OWNER_FILE, EmbeddedPostgres
+from csms.run.embedded_pg import OWNER_FILE, EmbeddedPostgres
 from tests.harness import make_shared_tmpdir
 from tests.processes import CsmsProcess, csms_command, start_csms
 

@@ -16,7 +16,14 @@ import asyncpg
 import pytest
 import websockets
 
-from csms.registry import ChargePointSpec, ConnectorSpec, EvseSpec, LocationSpec, add_charge_point, upsert_location
+from csms.store.registry import (
+    ChargePointSpec,
+    ConnectorSpec,
+    EvseSpec,
+    LocationSpec,
+    add_charge_point,
+    upsert_location,
+)
 from ingest.rollup import refresh
 from schemas.events import FLAG_IMPLAUSIBLE_UNIT, FLAG_REGISTER_DECREASED
 from schemas.port_state import LOOKBACK, MeteredSession, register_steps, session_energy

@@ -24,7 +24,14 @@ import asyncpg
 import pytest
 import websockets
 
-from csms.registry import ChargePointSpec, ConnectorSpec, EvseSpec, LocationSpec, add_charge_point, upsert_location
+from csms.store.registry import (
+    ChargePointSpec,
+    ConnectorSpec,
+    EvseSpec,
+    LocationSpec,
+    add_charge_point,
+    upsert_location,
+)
 from tests.central import PASSWORD, running_central
 from tests.chargers import basic_auth, iso
 

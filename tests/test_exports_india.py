@@ -19,7 +19,6 @@ import pytest
 import websockets
 
 from csms.api_exports import site_energy
-from csms.registry import ChargePointSpec, EvseSpec, LocationSpec, add_charge_point, upsert_location
 from csms.reporting.energy_statement import (
     LOOKBACK,
     Split,
@@ -31,6 +30,7 @@ from csms.reporting.energy_statement import (
     solar_edges,
     split,
 )
+from csms.store.registry import ChargePointSpec, EvseSpec, LocationSpec, add_charge_point, upsert_location
 from ingest.rollup import refresh
 from schemas.port_state import LOOKBACK as ENERGY_LOOKBACK
 from tests.central import PASSWORD, running_central

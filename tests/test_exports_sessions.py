@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 import websockets
 
-from csms.registry import ChargePointSpec, EvseSpec, LocationSpec, add_charge_point, add_id_token, upsert_location
+from csms.store.registry import ChargePointSpec, EvseSpec, LocationSpec, add_charge_point, add_id_token, upsert_location
 from tests.central import PASSWORD, running_central
 from tests.chargers import basic_auth, iso
 

@@ -20,7 +20,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from csms.ocpp.context import ChargePointId, Context, ProtocolState, clean_json
+from csms.ocpp.context import Context, ProtocolState, clean_json
 from csms.ocpp.errors import RpcFrameworkError
 from csms.ocpp.framing import (
     MAX_JSON_DEPTH,
@@ -33,6 +33,7 @@ from csms.ocpp.framing import (
     parse_frame,
 )
 from csms.ocpp.handlers_common import log_event
+from csms.ocpp.types import ChargePointId
 from csms.ocpp.validation import known_actions, load_schema
 from tests.central import PASSWORD, RunningCentral, running_central
 from tests.chargers import basic_auth
@@ -165,8 +166,7 @@ def _load(version: str, action: str, response: bool) -> dict[str, Any] | None:
 
 def test_what_the_bound_lets_through_is_stored_whole() -> None:
     payload = orjson.loads(f'{{"vendorId":"V","data":{nested(MAX_JSON_DEPTH - 1)}}}')
-    state = ProtocolState(charge_point_id=ChargePointId("CP"), version="2.0.1", registration="Accepted",
-                          heartbeat_interval_s=60)
+    state = ProtocolState(charge_point_id=ChargePointId("CP"), version="2.0.1", registration="Accepted")
     ctx = Context(state=state, services=None, received_at=datetime.now(UTC), message_id="m")  # type: ignore[arg-type]
     event = log_event(ctx, "DataTransfer", payload)
     assert event.payload == payload   # the old cut at 32 replaced the deepest values by null

@@ -22,8 +22,9 @@ from prometheus_client import CollectorRegistry
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 
-from csms.credentials import pinnable_password
-from csms.handshake import HandshakeMetrics, KdfBusy, KdfPool, TokenBuckets
+from csms.gateway.budgets import TokenBuckets
+from csms.security.credentials import pinnable_password
+from csms.security.kdf_pool import KdfBusy, KdfMetrics, KdfPool
 from schemas.migrate import apply_migrations, load_migrations
 from tests.central import PASSWORD, RunningCentral, running_central
 from tests.chargers import basic_auth
@@ -98,7 +99,7 @@ def test_pinnable_password_follows_the_spec_length_rules() -> None:
 
 async def test_kdf_pool_runs_off_the_event_loop_and_refuses_beyond_its_queue() -> None:
     registry = CollectorRegistry()
-    pool = KdfPool(workers=1, queue_max=2, per_key_max=2, metrics=HandshakeMetrics.create(registry))
+    pool = KdfPool(workers=1, queue_max=2, per_key_max=2, metrics=KdfMetrics.create(registry))
     release, started = threading.Event(), threading.Event()
 
     def hold() -> bool:

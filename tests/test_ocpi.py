@@ -1,4 +1,4 @@
-"""OCPI 2.2.1 Locations (CPO sender, read-only) and the public open-data feed (csms/ocpi.py)."""
+"""OCPI 2.2.1 Locations (CPO sender, read-only) and the public open-data feed (csms/api/ocpi.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,15 @@ import fastapi
 import httpx
 import pytest
 
-from csms.ocpi import build_ocpi_router, evse_status, latest_of, ocpi_datetime, ocpi_status, parse_ocpi_datetime
-from csms.registry import ChargePointSpec, ConnectorSpec, EvseSpec, LocationSpec, add_charge_point, upsert_location
+from csms.api.ocpi import build_ocpi_router, evse_status, latest_of, ocpi_datetime, ocpi_status, parse_ocpi_datetime
+from csms.store.registry import (
+    ChargePointSpec,
+    ConnectorSpec,
+    EvseSpec,
+    LocationSpec,
+    add_charge_point,
+    upsert_location,
+)
 
 TOKEN = "s3cret-ocpi-token"
 LIST = "/ocpi/cpo/2.2.1/locations"

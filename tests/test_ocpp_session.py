@@ -19,14 +19,13 @@ from csms.ocpp import handlers_v16, handlers_v201
 from csms.ocpp.context import (
     BootDecision,
     BootInfo,
-    ChargePointId,
-    IdToken,
     ProtocolState,
     RegistrationStatus,
     TokenDecision,
 )
 from csms.ocpp.framing import Call, parse_frame
 from csms.ocpp.session import HANDLERS, CallOutcome, OcppSession
+from csms.ocpp.types import ChargePointId, IdToken, ocpp_version
 from csms.ocpp.validation import known_actions, load_schema, validate
 from schemas.events import (
     FLAG_CONNECTOR_ZERO_TOTAL,
@@ -85,7 +84,7 @@ class MemoryServices:
 
 def new_session(version: str, *, registration: RegistrationStatus = "Accepted", tolerant: bool = False,
                 services: MemoryServices | None = None) -> OcppSession:
-    state = ProtocolState(charge_point_id=CP, version=version, registration=registration, heartbeat_interval_s=300,
+    state = ProtocolState(charge_point_id=CP, version=ocpp_version(version), registration=registration,
                           tolerant=tolerant, node_id="node-a")
     return OcppSession(state=state, services=services or MemoryServices(), validate_responses=True)
 

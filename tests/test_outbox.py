@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from csms.outbox import CommittedRanges, Outbox, OutboxRecord
+from csms.bus.outbox import CommittedRanges, Outbox, OutboxRecord
 from schemas.bus import BusError, BusFullError
 from schemas.events import ConnectionEvent, Event, MeterEvent, Sample, decode_batch
 
@@ -282,7 +282,7 @@ async def test_a_torn_tail_is_cut_off_and_the_valid_records_survive(
     last = len(records[-1].payload) + 8
     tear(segment, size - last, last)
 
-    with caplog.at_level(logging.WARNING, logger="csms.outbox"):
+    with caplog.at_level(logging.WARNING, logger="csms.bus.outbox"):
         again = _outbox(tmp_path)
     assert "torn record" in caplog.text
     assert again.unconfirmed(-1) == records[:survivors]

@@ -31,8 +31,8 @@ import pytest
 import websockets
 import yaml
 
-from csms.embedded_pg import free_port
-from csms.registry import add_id_token
+from csms.run.embedded_pg import free_port
+from csms.store.registry import add_id_token
 from tests.central import PASSWORD
 from tests.chargers import basic_auth
 from tests.harness import MosquittoService, PostgresService, make_shared_tmpdir

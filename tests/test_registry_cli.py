@@ -16,7 +16,7 @@ import httpx
 import pytest
 import websockets
 
-from csms import countries
+from csms.store import countries
 from tests.central import running_central
 from tests.chargers import basic_auth
 from tests.processes import csms_command

@@ -12,7 +12,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from csms.app import build_ssl_context
+from csms.run.compose import build_ssl_context
 from tests.central import PASSWORD, RunningCentral, running_central
 from tests.chargers import basic_auth
 from tests.harness import make_shared_tmpdir

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any, cast
 
 import pytest
 import websockets
@@ -59,9 +60,9 @@ async def test_a_new_connection_replaces_the_old_one(db_url: str) -> None:
                     break
                 await asyncio.sleep(0.05)
         assert central.system.gateway is not None
-        live = central.system.gateway.registry.get("DUP")
+        live = central.system.gateway.live.get("DUP")
         assert live is not None
-        assert live.websocket.remote_address == new.local_address
+        assert cast(Any, live.socket).remote_address == new.local_address
         await new.send(json.dumps([2, "h", "Heartbeat", {}]))
         assert json.loads(await asyncio.wait_for(new.recv(), 5))[:2] == [3, "h"]
         async with central.api() as api:

@@ -20,7 +20,7 @@ import pytest
 import websockets
 
 from csms.ocpp.normalise import event_time
-from csms.registry import ChargePointSpec, EvseSpec, LocationSpec, add_charge_point, upsert_location
+from csms.store.registry import ChargePointSpec, EvseSpec, LocationSpec, add_charge_point, upsert_location
 from ingest.rollup import RefreshResult, refresh
 from schemas.events import FLAG_ANCIENT_TIMESTAMP, FLAG_FUTURE_TIMESTAMP, FLAG_UNPARSEABLE_VALUE
 from tests.central import PASSWORD, RunningCentral, running_central

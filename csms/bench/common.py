@@ -21,13 +21,13 @@ from typing import IO, Any
 import asyncpg
 from argon2 import PasswordHasher
 
-from csms.credentials import hash_password
-from csms.embedded_pg import EmbeddedPostgres, free_port
+from csms.run.embedded_pg import EmbeddedPostgres, free_port
+from csms.security.credentials import hash_password
 from schemas.migrate import apply_migrations
 
 PASSWORD = "bench-password-0123456789"  # noqa: S105 - a throw-away benchmark cluster
 # Stand-ins for thousands of distinct charger addresses: the server's per-source handshake
-# limits (csms/handshake.py) would otherwise throttle the few 127.0.0.x sources a load
+# limits (csms/gateway/handshake.py) would otherwise throttle the few 127.0.0.x sources a load
 # generator has. Every report says the limits were raised.
 # A few 127.0.0.x source addresses stand in for many chargers, so every per-source bound is lifted.
 UNLIMITED_HANDSHAKES = ["--handshake-rate-per-source-per-s", "1000000", "--handshake-burst-per-source", "1000000",
@@ -178,7 +178,7 @@ class BenchCluster:
 
 
 def production_hash(password: str = PASSWORD) -> str:
-    """An Argon2id hash with the production parameters (csms.credentials)."""
+    """An Argon2id hash with the production parameters (csms.security.credentials)."""
     return hash_password(password)
 
 

@@ -40,8 +40,8 @@ from csms.bench.common import (
     wait_port,
 )
 from csms.bench.fleet import ClientFleet
-from csms.embedded_pg import free_port
-from csms.gateway import DEFLATE_MEM_LEVEL, DEFLATE_WINDOW_BITS
+from csms.gateway.server import DEFLATE_MEM_LEVEL, DEFLATE_WINDOW_BITS
+from csms.run.embedded_pg import free_port
 
 KIB = 1024
 SETTLE_S = 1.0

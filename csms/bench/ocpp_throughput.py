@@ -31,8 +31,8 @@ from typing import Any
 
 import asyncpg
 
-from csms.embedded_pg import EmbeddedPostgres, free_port
-from csms.registry import ChargePointSpec, add_charge_point
+from csms.run.embedded_pg import EmbeddedPostgres, free_port
+from csms.store.registry import ChargePointSpec, add_charge_point
 from schemas.migrate import apply_migrations
 
 PASSWORD = "bench-password-0123456789"  # noqa: S105 - a throw-away benchmark cluster

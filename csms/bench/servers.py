@@ -6,7 +6,7 @@
   default settings (jsonschema validation in a thread pool), as its documentation shows.
 
 DEFLATE (echo only): ``none`` (no permessage-deflate), ``default`` (websockets' defaults) or
-``WINDOW_BITS:MEM_LEVEL`` (the reduced windows csms.gateway negotiates, passed in by the caller),
+``WINDOW_BITS:MEM_LEVEL`` (the reduced windows csms.gateway.server negotiates, passed in by the caller),
 optionally ``:nct`` (no context takeover either way: the compression state lives only while a
 message is compressed or decompressed, so an idle connection keeps no zlib memory) or ``:snct``
 (server_no_context_takeover only: the server's compressor is per message, its decompressor stays).

@@ -10,7 +10,7 @@ far more aggressive than real chargers' back-off, so the server is the limit):
   so its verified-credential cache is warm;
 * ``restart``: the server is stopped (SIGTERM: it closes every charger with 1001) and started
   again; the new process has an empty cache, so every charger pays one Argon2id check at
-  the production cost (csms.credentials), and the server's start-up time is included.
+  the production cost (csms.security.credentials), and the server's start-up time is included.
 
 The same storms against a raw websockets server (no authentication, no database) are the
 baseline. The server's per-source handshake limits are raised for the benchmark (the
@@ -40,7 +40,7 @@ from csms.bench.common import (
     wait_port,
 )
 from csms.bench.fleet import ClientFleet
-from csms.embedded_pg import free_port
+from csms.run.embedded_pg import free_port
 
 
 async def _storm(server: str, chargers: int, *, cluster: BenchCluster, tmp: Path, per_process: int,

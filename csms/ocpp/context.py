@@ -11,15 +11,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, NewType, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 
 from csms.ocpp.normalise import RegisterTracker
+from csms.ocpp.types import ChargePointId, IdToken, OcppVersion
 from schemas.events import Event
-
-ChargePointId = NewType("ChargePointId", str)
-IdToken = NewType("IdToken", str)
 
 RegistrationStatus = Literal["Accepted", "Pending", "Rejected"]
 AuthorizationStatus = Literal["Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx", "Unknown"]
@@ -47,7 +45,7 @@ class TokenDecision:
 
 
 class Services(Protocol):
-    """Registry look-ups a handler may await (implemented over PostgreSQL in csms.registry)."""
+    """Registry look-ups a handler may await (implemented over PostgreSQL in csms.store.registry)."""
 
     async def boot(self, charge_point_id: ChargePointId, info: BootInfo) -> BootDecision:
         """Decide and persist the registration status for a BootNotification."""
@@ -55,11 +53,12 @@ class Services(Protocol):
     async def authorize(self, charge_point_id: ChargePointId, id_token: IdToken) -> TokenDecision: ...
 
     async def allocate_transaction_id(self, charge_point_id: ChargePointId, start_key: str) -> int:
-        """The 1.6 transactionId for a StartTransaction; the same key always gets the same id (R41)."""
+        """The 1.6 transactionId for a StartTransaction; the same key always gets the same id (1.6 §3.7.1;
+        R41)."""
 
     async def transaction_start_key(self, charge_point_id: ChargePointId, transaction_id: int) -> str | None:
         """The start key given to ``allocate_transaction_id`` for this 1.6 transactionId, or None
-        when this charger was never given that id: only a known id may change a transaction (R42)."""
+        when this charger was never given that id: only a known id may change a transaction (R42 [1.6 errata 3.18])."""
 
     async def open_transactions(self, charge_point_id: ChargePointId) -> dict[str, tuple[int, int | None]]:
         """2.0.1 transactions still open, with their (EVSE, connector): TransactionEvents after a
@@ -71,12 +70,12 @@ class ProtocolState:
     """Per-connection protocol state, owned by the connection's session."""
 
     charge_point_id: ChargePointId
-    version: str
+    version: OcppVersion
     registration: RegistrationStatus
-    heartbeat_interval_s: int
     tolerant: bool = False
     node_id: str = ""
-    # Actions the CSMS asked for with TriggerMessage: allowed even before Accepted (R33).
+    # Actions the CSMS asked for with TriggerMessage: allowed even before Accepted (2.0.1 B02.FR.09,
+    # 1.6J errata 3.10; R33).
     triggered: set[str] = field(default_factory=set)
     # 1.6: transaction running on each connector, and each transaction's meterStart (Wh).
     open_tx_by_connector: dict[int, int] = field(default_factory=dict)
@@ -122,7 +121,8 @@ def digest(payload: dict[str, Any]) -> str:
 
 
 def clean_text(value: object, max_chars: int = 512) -> str:
-    """Text safe for PostgreSQL: no NUL, no lone surrogates (R56), bounded length."""
+    """Text safe for PostgreSQL: no NUL, no lone surrogates (R56, derived: PostgreSQL text refuses both),
+    bounded length."""
     text = value if isinstance(value, str) else ("" if value is None else str(value))
     text = text.replace("\x00", "\ufffd")
     if any("\ud800" <= ch <= "\udfff" for ch in text):

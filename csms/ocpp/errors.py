@@ -1,6 +1,6 @@
 """OCPP-J wire errors: what we answer in a CALLERROR, spelled per version.
 
-These are not internal errors (see ``csms.errors``); they describe what was wrong
+These are not internal errors (see ``csms.common.errors``); they describe what was wrong
 with a charger's message. Canonical names are the 2.0.1 ones (Part 4 §4.3 Table 8);
 1.6 spells two of them differently and will not fix it (1.6J §4.2.3 Table 7, errata
 §5.1/§5.2), and has no RpcFrameworkError or MessageTypeNotSupported.
@@ -31,7 +31,7 @@ _V16_SPELLING = {
     "MessageTypeNotSupported": "NotSupported",
 }
 
-# Accepted on receipt from chargers: both spellings, every version (R13 note).
+# Accepted on receipt from chargers: both spellings, every version (R13 [1.6J §4.2.3, 2.0.1 Part 4 §4.2.3] note).
 _RECEIVED_ALIASES = {
     "FormationViolation": "FormatViolation",
     "OccurenceConstraintViolation": "OccurrenceConstraintViolation",
@@ -111,3 +111,25 @@ class InternalError(OcppError):
 
 class GenericError(OcppError):
     code = "GenericError"
+
+
+# The CALLERROR codes each OCPP version defines, canonical spelling (above): 1.6J §4.2.3
+# Table 7 (spelled FormationViolation / OccurenceConstraintViolation there, both accepted on
+# receipt), 2.0.1 Part 4 §4.3 Table 8, 2.1 Part 4 §4.3 Table 9 (the same 12 codes as 2.0.1).
+_CODES_201 = frozenset({
+    "FormatViolation", "GenericError", "InternalError", "MessageTypeNotSupported", "NotImplemented", "NotSupported",
+    "OccurrenceConstraintViolation", "PropertyConstraintViolation", "ProtocolError", "RpcFrameworkError",
+    "SecurityError", "TypeConstraintViolation"})
+SPEC_ERROR_CODES: dict[str, frozenset[str]] = {
+    "1.6": _CODES_201 - {"MessageTypeNotSupported", "RpcFrameworkError"},
+    "2.0.1": _CODES_201,
+    "2.1": _CODES_201,
+}
+OTHER_ERROR_CODE = "other"
+
+
+def received_error_code_label(version: str, code: str) -> str:
+    """The label value for an error code a charger sent: its canonical name if the version defines
+    it, else one fixed value, so that chargers can never mint label values (README, Observability)."""
+    canonical = canonical_code(code)
+    return canonical if canonical in SPEC_ERROR_CODES.get(version, _CODES_201) else OTHER_ERROR_CODE

@@ -206,7 +206,8 @@ def parse_frame(raw: str | bytes, version: str) -> Message:
 
 
 def _parse_other(msg: list[Any], mtype: int, message_id: str | None) -> Message:
-    # Never answer a CALLRESULT or CALLERROR with a CALLERROR (R13): malformed ones are ignored.
+    # Never answer a CALLRESULT or CALLERROR with a CALLERROR (1.6J §4.2.3, 2.0.1 Part 4 §4.2.3; R13):
+    # malformed ones are ignored.
     if message_id is None:
         raise FrameIgnored(f"type {mtype} frame without a readable id")
     if mtype == CALLRESULT:
@@ -234,6 +235,6 @@ def build_call_result(message_id: str, payload: dict[str, Any]) -> str:
 
 
 def build_call_error(message_id: str, error: OcppError, version: str) -> str:
-    # Exactly 5 elements; description "" when empty; details always an object (R13).
+    # Exactly 5 elements; description "" when empty; details always an object (R13 [1.6J §4.2.3, 2.0.1 Part 4 §4.2.3]).
     return orjson.dumps([CALLERROR, message_id, wire_code(error.code, version), error.description,
                          error.details]).decode()

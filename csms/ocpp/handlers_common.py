@@ -26,7 +26,8 @@ def now_iso() -> str:
 
 
 def int32(value: Any, field: str, *, minimum: int = -(2**31)) -> int:
-    """An integer field that must fit a signed 32-bit column (R56: the schema sets no bound)."""
+    """An integer field that must fit a signed 32-bit column (R56, derived: the schema's "integer" sets no
+    bound)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
         raise PropertyConstraintViolation(f"{field}: not an integer", {"field": field})
     number = int(value)

@@ -13,9 +13,10 @@ from typing import Any
 
 import msgspec
 
-from csms.ocpp.context import BootInfo, Context, IdToken, Reply, clean_text
+from csms.ocpp.context import BootInfo, Context, Reply, clean_text
 from csms.ocpp.handlers_common import Handler, acknowledge, int32, iso_utc, log_event, now_iso
 from csms.ocpp.normalise import EventTime, event_time, flag_outside_window, samples_v16
+from csms.ocpp.types import IdToken
 from schemas.events import (
     FLAG_METER_STOP_BELOW_START,
     FLAG_UNKNOWN_TRANSACTION,
@@ -106,7 +107,7 @@ async def start_transaction(ctx: Context, p: dict[str, Any]) -> Reply:
                              transaction_uid=uid, time=ts, kind="started", ocpp16_transaction_id=tx_id,
                              evse_id=evse_id, connector_id=connector_id, id_token=id_tag,
                              meter_start_wh=float(meter_start), flags=at.flags)
-    # The transactionId is returned even when the tag is not Accepted (errata 3.17; R38).
+    # The transactionId is returned even when the tag is not Accepted (1.6 errata 3.17; R38).
     return Reply({"transactionId": tx_id, "idTagInfo": id_tag_info}, [event])
 
 
@@ -115,7 +116,7 @@ _UNKNOWN_IDS_REMEMBERED = 64
 
 
 def _start_key(connector: int, id_tag: str, raw_timestamp: str, meter_start: int) -> str:
-    # R41: a retried StartTransaction (same connector, tag, time and meter) gets the same id.
+    # R41 [1.6 §3.7.1, 2.0.1 E13]: a retried StartTransaction (same connector, tag, time and meter) gets the same id.
     # The connector comes first: _key_connector reads it back for the transaction's later messages.
     return f"{connector}|{id_tag}|{raw_timestamp}|{meter_start}"
 
@@ -126,7 +127,7 @@ def _key_connector(start_key: str) -> int | None:
 
 
 async def _known_transaction(ctx: Context, given: int) -> tuple[bool, int | None]:
-    """Whether ``given`` is a transactionId this CSMS handed to this charger (R42), and the
+    """Whether ``given`` is a transactionId this CSMS handed to this charger (R42 [1.6 errata 3.18]), and the
     connector of its StartTransaction (None when that cannot be told).
 
     -1 is the charger saying it never got an id (errata 3.18); ours are positive. Any other id
@@ -159,14 +160,14 @@ async def _known_transaction(ctx: Context, given: int) -> tuple[bool, int | None
 
 def unknown_transaction_uid(given: int) -> str:
     """The session of a positive transactionId never given to this charger: one per charger and
-    id, where its MeterValues and its stop (and their retries, R41) meet. Our own ids are plain
+    id, where its MeterValues and its stop (and their retries, R41 [1.6 §3.7.1, 2.0.1 E13]) meet. Our own ids are plain
     numbers, so it can never merge into one of them, even if the id is allocated later."""
     return f"unknown-{given}"
 
 
 def minus_one_uid(at: EventTime, raw_timestamp: object, meter_stop: int) -> str:
     """The session of a StopTransaction with transactionId -1, the same for every retry of that
-    message (R41): -1 carries nothing but the stop itself, so its timestamp (to the millisecond,
+    message (R41 [1.6 §3.7.1, 2.0.1 E13]): -1 carries nothing but the stop itself, so its timestamp (to the millisecond,
     the precision chargers send) and meterStop. An implausible timestamp is replaced by the
     receive time, which differs between retries, so its text is hashed instead. At most 36
     characters (transactions.transaction_uid)."""
@@ -196,7 +197,7 @@ async def stop_transaction(ctx: Context, p: dict[str, Any]) -> Reply:
     else:
         # -1 or an id never given to this charger: its own session, flagged, with no 1.6 id and no
         # connector (StopTransaction names none, 1.6 §6.49), never attached to a known transaction
-        # of any connector — that transaction's own stop must still apply (errata 3.18; R42).
+        # of any connector — that transaction's own stop must still apply (1.6 errata 3.18; R42).
         tx_id = None
         uid = minus_one_uid(at, p.get("timestamp"), meter_stop) if given == -1 else unknown_transaction_uid(given)
         flags |= FLAG_UNKNOWN_TRANSACTION
@@ -250,7 +251,7 @@ async def meter_values(ctx: Context, p: dict[str, Any]) -> Reply:
             samples = _flag_unknown(samples)
     event = MeterEvent(charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at, evse_id=evse_id,
                        connector_id=connector_id, transaction_uid=uid, samples=samples)
-    # Values without a transactionId and connector-0 totals are kept, never dropped (R43).
+    # Values without a transactionId and connector-0 totals are kept, never dropped (R43 [1.6 §4.7, errata 3.15]).
     return Reply({}, [event])
 
 
@@ -282,6 +283,6 @@ HANDLERS: dict[str, Handler] = {
 # are answered only after their events are durable; the others are answered the same way.
 TRANSACTION_ACTIONS = frozenset({"StartTransaction", "StopTransaction", "MeterValues"})
 
-# Allowed before BootNotification is Accepted (R33).
+# Allowed before BootNotification is Accepted (R33 [2.0.1 B01.FR.10, B02.FR.09; 1.6J errata 3.10]).
 PRE_BOOT_ACTIONS = frozenset({"BootNotification"})
 

@@ -1,6 +1,6 @@
 """OCPP 2.0.1 (and the 2.1 messages they share): answers and events per message.
 
-TransactionEvent is keyed by (station, transactionId, seqNo) (E01/E13; R44–R46): an
+TransactionEvent is keyed by (station, transactionId, seqNo) (E01/E13; R44 [2.0.1 E01.FR.08]–R46): an
 Updated or Ended whose Started was never seen creates the record, late and
 out-of-order events are merged, and every TransactionEvent is answered (J02.FR.19).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from csms.ocpp.context import BootInfo, Context, IdToken, Reply, clean_text
+from csms.ocpp.context import BootInfo, Context, Reply, clean_text
 from csms.ocpp.handlers_common import Handler, acknowledge, int32, iso_utc, log_event, now_iso
 from csms.ocpp.normalise import (
     event_time,
@@ -17,6 +17,7 @@ from csms.ocpp.normalise import (
     register_reading,
     samples_v201,
 )
+from csms.ocpp.types import IdToken
 from schemas.events import ConnectionEvent, Event, MeterEvent, StatusEvent, TransactionEvent
 
 
@@ -133,7 +134,7 @@ async def notify_event(ctx: Context, p: dict[str, Any]) -> Reply:
     for data in p.get("eventData") or []:
         component = data.get("component") or {}
         variable = data.get("variable") or {}
-        # Connector AvailabilityState is the same information as StatusNotification (R37;
+        # Connector AvailabilityState is the same information as StatusNotification (R37 [2.0.1 E02.FR.05];
         # 2.1 deprecates StatusNotification in favour of it).
         if component.get("name") == "Connector" and variable.get("name") == "AvailabilityState":
             evse = component.get("evse") or {}

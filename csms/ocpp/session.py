@@ -5,7 +5,7 @@ the spec implies and returns the answer frame plus the events that must be durab
 before that answer is sent:
 
 1. the action must be known (else NotImplemented) and be one a charger sends (else
-   NotSupported) — the spec meanings (R11), not the ``ocpp`` package's swapped ones;
+   NotSupported) — the spec meanings (R11 [2.0.1 Part 4 §4.1.6]), not the ``ocpp`` package's swapped ones;
 2. before BootNotification is Accepted only BootNotification (and what we triggered)
    is allowed (SecurityError; B01.FR.10, B02.FR.09, B03.FR.07; 1.6 errata 3.10);
 3. the payload must match the official schema (strict), unless the charger is marked
@@ -19,18 +19,21 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from csms.ocpp import handlers_v16, handlers_v201
+from csms.ocpp import commands, handlers_v16, handlers_v21, handlers_v201
 from csms.ocpp.context import Context, ProtocolState, Services
 from csms.ocpp.errors import (
     InternalError,
     NotImplementedAction,
     NotSupportedAction,
     OcppError,
+    RpcFrameworkError,
     SecurityError,
 )
 from csms.ocpp.framing import (
     Call,
+    FrameRejected,
     Message,
     build_call_error,
     build_call_result,
@@ -45,12 +48,10 @@ logger = logging.getLogger(__name__)
 HANDLERS: Mapping[str, Mapping[str, Handler]] = {
     "1.6": handlers_v16.HANDLERS,
     "2.0.1": handlers_v201.HANDLERS,
-    # 2.1 shares the 2.0.1 messages a charger sends for boot, status, authorisation,
-    # transactions and meter values; each is validated against the 2.1 schema.
-    "2.1": {a: h for a, h in handlers_v201.HANDLERS.items() if a in known_actions("2.1")},
+    "2.1": handlers_v21.HANDLERS,
 }
 PRE_BOOT_ACTIONS = {"1.6": handlers_v16.PRE_BOOT_ACTIONS, "2.0.1": handlers_v201.PRE_BOOT_ACTIONS,
-                    "2.1": handlers_v201.PRE_BOOT_ACTIONS}
+                    "2.1": handlers_v21.PRE_BOOT_ACTIONS}
 
 
 @dataclass(slots=True)
@@ -74,7 +75,27 @@ class OcppSession:
 
     def parse(self, raw: str | bytes) -> Message:
         """Classify a frame; raises FrameRejected (answer it) or FrameIgnored (do not)."""
-        return parse_frame(raw, self.state.version)
+        msg = parse_frame(raw, self.state.version)
+        if isinstance(raw, bytes) and not self.state.tolerant and isinstance(msg, Call):
+            # OCPP-J frames are text frames (1.6J §4.1.2; 2.0.1 Part 4 §4.1.2); a tolerant
+            # charger's binary CALL is read like a text one.
+            raise FrameRejected(RpcFrameworkError("OCPP-J messages are text frames, not binary"), msg.message_id)
+        return msg
+
+    def not_durable(self, call: Call) -> CallOutcome:
+        """The answer when a CALL's events could not be made durable: InternalError, so that the
+        charger sends it again (R41 [1.6 §3.7.1, 2.0.1 E13]); data is never acknowledged without being stored."""
+        error = InternalError("the data could not be stored; retry later")
+        return CallOutcome(call.action, self.error_frame(call.message_id, error), error_code=error.code)
+
+    def prepare_command(self, action: str, payload: dict[str, Any]) -> None:
+        """Decide whether an operator command may be sent now (CommandRefused if not) and note what
+        it asks for: a message the CSMS triggered is allowed even before Accepted (2.0.1 B02.FR.09, 1.6J
+        errata 3.10; R33)."""
+        commands.check_command(version=self.state.version, registration=self.state.registration, action=action,
+                               payload=payload)
+        if action in ("TriggerMessage", "ExtendedTriggerMessage"):
+            self.state.triggered.add(str(payload.get("requestedMessage", ""))[:64])
 
     def error_frame(self, message_id: str, error: OcppError) -> str:
         return build_call_error(message_id, error, self.state.version)

@@ -144,7 +144,7 @@ def build_spec(args: argparse.Namespace, log_level: str) -> RunSpec:
 
 
 async def _stored_registers(spec: RunSpec, settings: Settings) -> dict[str, dict[int, float]]:
-    from csms.admin_cli import registry_database
+    from csms.run.admin import registry_database
     from csms.simulate.fleet import charger_ids
     from csms.simulate.register import stored_registers
 
@@ -153,7 +153,7 @@ async def _stored_registers(spec: RunSpec, settings: Settings) -> dict[str, dict
 
 
 async def _register(spec: RunSpec, settings: Settings) -> dict[str, int]:
-    from csms.admin_cli import registry_database
+    from csms.run.admin import registry_database
     from csms.simulate.register import register_fleet
 
     async with registry_database(settings, max_size=4) as pool:

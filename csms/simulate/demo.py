@@ -24,14 +24,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from csms.errors import ConfigurationError
+from csms.common.errors import ConfigurationError
 from csms.simulate.config import Behaviour, FleetShape, LinkOptions
 from csms.simulate.fleet import plan_fleet, token_pool
 from csms.simulate.register import register_fleet, stored_registers
 from csms.simulate.runner import FleetRunner
 
 if TYPE_CHECKING:
-    from csms.app import CentralSystem
+    from csms.run.central import CentralSystem
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class DemoFleet:
             self.runner = None
 
     def banner(self, days: float) -> str:
-        from csms.app import load_or_create_api_token
+        from csms.run.central import load_or_create_api_token
 
         s = self.system.settings
         assert self.system.http is not None

@@ -175,7 +175,7 @@ async def _run_here(spec: RunSpec, progress: Progress) -> tuple[dict[str, Any], 
 
 
 def _worker_main(spec: RunSpec, index: int, conn: multiprocessing.connection.Connection) -> None:
-    from csms.logging_setup import configure_logging
+    from csms.run.logging_setup import configure_logging
 
     configure_logging(spec.log_level)
     asyncio.run(_worker(spec, index, conn))

@@ -1,7 +1,7 @@
 """Write the simulated fleet into our registry, so that our central system admits it.
 
 Locations (coordinates, IANA time zones), charge points with EVSEs and connectors, and the
-id-token pool go through ``csms.registry``. One cost needs care: ``add_charge_point`` hashes
+id-token pool go through ``csms.store.registry``. One cost needs care: ``add_charge_point`` hashes
 each password with Argon2id (~30 ms of CPU), 5 minutes for 10,000 chargers. When the whole
 fleet shares one password it is hashed once: the charge points are written without a
 credential by the registry code, then given that one hash in a single UPDATE (before any
@@ -18,8 +18,10 @@ from typing import Any
 
 import asyncpg
 
-from csms.credentials import hash_password
-from csms.registry import (
+from csms.security.credentials import hash_password
+from csms.simulate.config import FleetShape
+from csms.simulate.fleet import ChargerProfile, plan_fleet, plan_locations, token_pool
+from csms.store.registry import (
     ChargePointSpec,
     ConnectorSpec,
     EvseSpec,
@@ -28,8 +30,6 @@ from csms.registry import (
     add_id_token,
     upsert_location,
 )
-from csms.simulate.config import FleetShape
-from csms.simulate.fleet import ChargerProfile, plan_fleet, plan_locations, token_pool
 
 logger = logging.getLogger(__name__)
 

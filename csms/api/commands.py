@@ -1,0 +1,109 @@
+"""Operator commands to chargers: any CSMS-initiated OCPP call, and version-neutral shortcuts."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Path, status
+from pydantic import BaseModel, Field
+
+from csms.api.common import CpId
+from csms.common.errors import ChargerBusyError, ChargerCommandError, ChargerOfflineError, ChargerTimeoutError
+from csms.gateway.connection import ChargerConnection
+from csms.gateway.outgoing import ChargerCallError
+from csms.gateway.server import Gateway
+from csms.ocpp import commands
+
+_remote_start_ids = itertools.count(1)
+
+
+class RemoteStartIn(BaseModel):
+    evse_id: int = Field(1, ge=1, le=64)
+    id_token: str = Field(min_length=1, max_length=36)
+
+
+class RemoteStopIn(BaseModel):
+    transaction_id: str = Field(min_length=1, max_length=36)
+
+
+class ResetIn(BaseModel):
+    hard: bool = False
+
+
+class AvailabilityIn(BaseModel):
+    evse_id: int = Field(0, ge=0, le=64)
+    operative: bool
+
+
+class CommandOut(BaseModel):
+    charge_point_id: str
+    action: str
+    ocpp_version: str
+    response: dict[str, Any] = Field(description="the charger's CALLRESULT payload, as received")
+
+
+def build_commands_router(*, gateway: Gateway | None) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["commands"])
+
+    async def live(cp_id: str) -> ChargerConnection:
+        # A charger mid-handshake is waited for (at most command_connect_wait_s); an offline one
+        # fails at once: a command to an offline charger is never queued.
+        conn = await gateway.live_connection(cp_id) if gateway is not None else None
+        if conn is None:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"charge point {cp_id} is not connected to this node")
+        return conn
+
+    async def send(cp_id: str, action: str, payload: dict[str, Any]) -> CommandOut:
+        conn = await live(cp_id)
+        try:
+            response = await conn.command(action, payload)
+        except commands.CommandRefused as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+        except ChargerOfflineError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        except ChargerTimeoutError as exc:
+            raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, str(exc)) from None
+        except ChargerCallError as exc:
+            raise HTTPException(status.HTTP_502_BAD_GATEWAY,
+                                {"error": exc.code, "description": exc.description}) from None
+        except ChargerBusyError as exc:
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc)) from None
+        except ChargerCommandError as exc:
+            # Any other failure to deliver: the charger is not reachable for this command.
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        return CommandOut(charge_point_id=cp_id, action=action, ocpp_version=conn.ocpp_version, response=response)
+
+    @router.post("/charge-points/{cp_id}/ocpp/{action}")
+    async def ocpp_command(cp_id: CpId, action: Annotated[str, Path(max_length=64)],
+                           payload: Annotated[dict[str, Any], Body()]) -> CommandOut:
+        """Send any CSMS-initiated OCPP call of the charger's version; the charger's answer is returned."""
+        return await send(cp_id, action, payload)
+
+    @router.post("/charge-points/{cp_id}/remote-start")
+    async def remote_start(cp_id: CpId, body: RemoteStartIn) -> CommandOut:
+        action, payload = commands.remote_start((await live(cp_id)).ocpp_version, evse_id=body.evse_id,
+                                                id_token=body.id_token, remote_start_id=next(_remote_start_ids))
+        return await send(cp_id, action, payload)
+
+    @router.post("/charge-points/{cp_id}/remote-stop")
+    async def remote_stop(cp_id: CpId, body: RemoteStopIn) -> CommandOut:
+        try:
+            action, payload = commands.remote_stop((await live(cp_id)).ocpp_version,
+                                                   transaction_id=body.transaction_id)
+        except commands.CommandRefused as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+        return await send(cp_id, action, payload)
+
+    @router.post("/charge-points/{cp_id}/reset")
+    async def reset(cp_id: CpId, body: ResetIn) -> CommandOut:
+        action, payload = commands.reset((await live(cp_id)).ocpp_version, hard=body.hard)
+        return await send(cp_id, action, payload)
+
+    @router.post("/charge-points/{cp_id}/change-availability")
+    async def change_availability(cp_id: CpId, body: AvailabilityIn) -> CommandOut:
+        action, payload = commands.change_availability((await live(cp_id)).ocpp_version, evse_id=body.evse_id,
+                                                       operative=body.operative)
+        return await send(cp_id, action, payload)
+
+    return router

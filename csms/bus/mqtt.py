@@ -1,0 +1,171 @@
+"""The bus over MQTT, publishing side: outbox first, then one MQTT session per process.
+
+``publish`` returns once the events are fsync'ed in the node's outbox (see
+``csms.bus.outbox``). A sender task drains the outbox to ``csms/v1/events/<node_id>`` with
+QoS 1, several batches in flight, and listens on ``csms/v1/committed/<node_id>`` for the
+ingest workers' confirmations, which trim the outbox. Batches not confirmed within
+``resend_after_s`` (the broker crashed before delivering them, say) are sent again; so
+are all unconfirmed batches after a reconnect. Ingest absorbs the duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiomqtt
+import msgspec
+
+from csms.bus.metrics import BusMetrics
+from csms.bus.outbox import Outbox
+from schemas.events import Event
+from schemas.topics import committed_topic, events_topic, parse_mqtt_url
+
+logger = logging.getLogger(__name__)
+
+_RANGES = msgspec.msgpack.Decoder(list[tuple[int, int]])
+
+
+class MqttBus:
+    def __init__(self, *, url: str, node_id: str, outbox_dir: Path, outbox_max_bytes: int, metrics: BusMetrics,
+                 max_in_flight: int = 16, resend_after_s: float = 30.0, connect_timeout_s: float = 10.0,
+                 publish_timeout_s: float = 10.0, fsync: bool = True) -> None:
+        address = parse_mqtt_url(url)
+        self._host, self._port, self._user, self._password = (address.host, address.port, address.username,
+                                                               address.password)
+        self._node_id = node_id
+        self._topic = events_topic(node_id)
+        self._outbox = Outbox(directory=outbox_dir, node_id=node_id, max_bytes=outbox_max_bytes, fsync=fsync)
+        self._metrics = metrics
+        self._max_in_flight = max_in_flight
+        self._resend_after_s = resend_after_s
+        self._resend_wait_s = resend_after_s
+        self._connect_timeout_s = connect_timeout_s
+        self._publish_timeout_s = publish_timeout_s
+        self._task: asyncio.Task[None] | None = None
+        self._sent_upto = -1
+        self._last_progress = time.monotonic()
+        self._down_since: float | None = None
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox
+
+    async def start(self) -> None:
+        self._outbox.open()
+        self._sent_upto = self._outbox.committed.watermark
+        self._update_gauges()
+        self._task = asyncio.create_task(self._run(), name="bus-mqtt-sender")
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        try:
+            await self._outbox.append(events)
+        except Exception:
+            self._metrics.refused.inc()
+            raise
+        finally:
+            self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self._metrics.outbox_events.set(self._outbox.pending_events)
+        self._metrics.outbox_bytes.set(self._outbox.pending_bytes)
+        self._metrics.outbox_age.set(self._outbox.oldest_age_s())
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                async with aiomqtt.Client(self._host, self._port, username=self._user, password=self._password,
+                                          identifier=f"csms-node-{self._node_id}", clean_session=False,
+                                          timeout=self._connect_timeout_s,
+                                          max_inflight_messages=self._max_in_flight) as client:
+                    await client.subscribe(committed_topic(self._node_id), qos=1)
+                    if self._down_since is not None:
+                        logger.info("MQTT bus reconnected after %.1f s; %d events wait in the outbox",
+                                    time.monotonic() - self._down_since, self._outbox.pending_events)
+                    self._down_since = None
+                    self._metrics.connected.set(1)
+                    backoff = 0.2
+                    # After a (re)connect, whatever is unconfirmed may be lost in the broker: resend.
+                    self._sent_upto = self._outbox.committed.watermark
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._confirmations(client), name="bus-mqtt-confirmations")
+                        tg.create_task(self._send(client), name="bus-mqtt-send")
+            except* (aiomqtt.MqttError, OSError, TimeoutError) as group:
+                self._metrics.connected.set(0)
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    logger.warning("MQTT bus unavailable (%s); events stay in the outbox (%d waiting) "
+                                   "and are sent when the broker is back", group.exceptions[0],
+                                   self._outbox.pending_events)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                self._update_gauges()
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        while True:
+            pending = self._outbox.unconfirmed(self._sent_upto)
+            if not pending:
+                self._outbox.appended.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._outbox.appended.wait(), 1.0)
+                self._maybe_resend()
+                self._update_gauges()
+                continue
+            window = pending[: self._max_in_flight]
+            started = time.perf_counter()
+            await asyncio.gather(*(client.publish(self._topic, r.payload, qos=1, timeout=self._publish_timeout_s)
+                                   for r in window))
+            self._metrics.publish_seconds.observe(time.perf_counter() - started)
+            self._metrics.published.inc(len(window))
+            self._sent_upto = window[-1].last_seq
+            self._maybe_resend()
+            self._update_gauges()
+
+    def _maybe_resend(self) -> None:
+        mark = self._outbox.committed.watermark
+        if mark >= self._sent_upto:
+            self._last_progress = time.monotonic()
+            self._resend_wait_s = self._resend_after_s
+            return
+        if time.monotonic() - self._last_progress > self._resend_wait_s:
+            logger.warning("outbox: no confirmation for events %d–%d within %.0f s; sending them again",
+                           mark + 1, self._sent_upto, self._resend_wait_s)
+            self._metrics.resent.inc()
+            self._sent_upto = mark
+            self._last_progress = time.monotonic()
+            # Back off while nothing is confirmed (ingest down): each resend adds the whole
+            # backlog to the broker's queues again.
+            self._resend_wait_s = min(self._resend_wait_s * 2, 32 * self._resend_after_s)
+
+    async def _confirmations(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+            try:
+                ranges = _RANGES.decode(bytes(payload))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                logger.warning("ignoring a malformed confirmation on %s", message.topic)
+                continue
+            before = self._outbox.committed.watermark
+            for first, last in ranges:
+                self._outbox.confirm(first, last)
+            if self._outbox.committed.watermark != before:
+                self._last_progress = time.monotonic()
+                self._resend_wait_s = self._resend_after_s
+            self._update_gauges()
+
+    async def close(self) -> None:
+        """Stop sending; what is in the outbox stays there for the next start."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._outbox.close()
+        self._metrics.connected.set(0)

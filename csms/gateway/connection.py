@@ -1,0 +1,242 @@
+"""One charger's connection: the one object per socket, moving frames between the socket
+and the protocol session and owning the connection's tasks.
+
+The reader never waits for the charger (the ``ocpp`` package's receive loop does, and
+deadlocks: its issue #130). CALLs go to a bounded per-connection queue that one
+worker task drains in arrival order (transaction messages stay chronological, R15 [1.6J §4.1.1, 2.0.1 Part 4 §4.1.1],
+R40 [1.6 §3.7]); responses to our own calls are matched at once. A CALL is answered only after
+its events are durable on the bus; what to answer when they cannot be made durable is
+the protocol core's decision (``OcppSession.not_durable``).
+
+Every way a connection ends ends its handler: the worker survives a failed or stuck
+send (what was received is still stored, a closed socket is simply not answered), the
+reader's wait for room in the full queue never outlives the socket, and the worker is
+stopped within ``drain_timeout_s`` of the disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from csms.common.log_budget import BudgetedLog
+from csms.gateway.metrics import GatewayMetrics
+from csms.gateway.outgoing import SEND_FAILURES, OutgoingCalls, Socket
+from csms.ocpp.errors import RpcFrameworkError
+from csms.ocpp.framing import Call, FrameIgnored, FrameRejected, Send
+from csms.ocpp.redact import loggable_frame
+from csms.ocpp.session import OcppSession
+from csms.ocpp.types import ChargePointId, OcppVersion
+from schemas.bus import Bus, BusError
+
+logger = logging.getLogger(__name__)
+
+
+class ChargerConnection:
+    """A charger's websocket as this process knows it: identity, protocol session, tasks."""
+
+    def __init__(self, *, socket: Socket, session: OcppSession, bus: Bus, metrics: GatewayMetrics,
+                 call_timeout_s: float, max_queued_calls: int, max_queued_commands: int,
+                 drain_timeout_s: float, rejected_frame_log_interval_s: float, rejected_frame_log_burst: int,
+                 remote: str = "", connection_epoch: int | None = None) -> None:
+        self.socket = socket
+        self.session = session
+        self.connected_at = datetime.now(UTC)
+        self.remote = remote
+        self.connection_epoch = connection_epoch
+        self._bus = bus
+        self._metrics = metrics
+        self._send_timeout_s = call_timeout_s
+        self._drain_timeout_s = drain_timeout_s
+        # None is the worker's signal to stop once everything before it is handled.
+        self._queue: asyncio.Queue[tuple[Call | Send, datetime, float] | None] = asyncio.Queue(
+            maxsize=max_queued_calls)
+        self._in_progress: set[str] = set()
+        self._worker: asyncio.Task[None] | None = None
+        self._socket_closed: asyncio.Task[None] | None = None
+        self._answering = True
+        self._write_stuck_logged = False
+        cp = session.state.charge_point_id
+        self._name = cp
+        self.outgoing = OutgoingCalls(socket=socket, version=session.state.version, timeout_s=call_timeout_s,
+                                      max_queued=max_queued_commands, metrics=metrics, name=cp)
+        self.last_message_at = datetime.now(UTC)
+        self.log = logging.LoggerAdapter(logger, {"charge_point_id": cp})
+        # Frames at DEBUG only, and the check is made once per connection, not per frame.
+        self._frames_logged = logger.isEnabledFor(logging.DEBUG)
+        self._rejected = BudgetedLog(self.log, f"rejected frame from {cp}", summary=f"{{n}} more frames rejected "
+                                     f"from {cp}", interval_s=rejected_frame_log_interval_s,
+                                     per_interval=rejected_frame_log_burst)
+
+    @property
+    def charge_point_id(self) -> ChargePointId:
+        return self.session.state.charge_point_id
+
+    @property
+    def ocpp_version(self) -> OcppVersion:
+        return self.session.state.version
+
+    @property
+    def usable(self) -> bool:
+        """Commands can still be sent on it (it has not ended or been replaced)."""
+        return not self.outgoing.closed
+
+    async def command(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send an operator command; the protocol core decides first whether it may be sent."""
+        self.session.prepare_command(action, payload)
+        return await self.outgoing.call(action, payload)
+
+    async def run(self) -> None:
+        """Read frames until the socket closes; then let the worker finish what was received."""
+        self._worker = asyncio.create_task(self._work(), name=f"ocpp-calls-{self._name}")
+        try:
+            async for raw in self.socket:
+                await self._on_frame(raw)
+        finally:
+            self.outgoing.close()
+            try:
+                await self._finish()
+            finally:
+                self._rejected.flush()
+
+    async def _finish(self) -> None:
+        worker = self._worker
+        assert worker is not None
+        try:
+            # The CALLs already received are handled to the end (their data must not be lost),
+            # within a bound: unanswered ones are sent again by the charger (R41 [1.6 §3.7.1, 2.0.1 E13]).
+            async with asyncio.timeout(self._drain_timeout_s):
+                await self._queue.put(None)
+                await asyncio.shield(worker)
+        except TimeoutError:
+            self.log.warning("%s: %d received CALLs not handled within %.0f s of the disconnect (unanswered; "
+                             "the charger sends them again)", self._name, self._queue.qsize(),
+                             self._drain_timeout_s)
+        finally:
+            worker.cancel()
+            await asyncio.wait({worker})
+            if self._socket_closed is not None:
+                self._socket_closed.cancel()
+                await asyncio.wait({self._socket_closed})
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is not None:
+                    self._in_progress.discard(item[0].message_id)
+
+    async def _work(self) -> None:
+        """The per-connection worker: CALLs in arrival order; nothing a CALL does can end it."""
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            msg, received_at, started = item
+            try:
+                await self._handle(msg, received_at, started)
+            except Exception:
+                self.log.exception("handling %s from %s failed", msg.action, self._name)
+            finally:
+                self._in_progress.discard(msg.message_id)
+
+    async def _answer(self, frame: str) -> None:
+        """Send a frame to the charger; a closed socket is not answered, a stuck one not waited for."""
+        if not self._answering:
+            return
+        try:
+            async with asyncio.timeout(self._send_timeout_s):
+                if self._frames_logged:
+                    self.log.debug("%s -> %s", self._name, loggable_frame(frame))
+                await self.socket.send(frame)
+        except TimeoutError:
+            # The frame is in the write buffer and leaves when the charger reads again; the
+            # keepalive ping ends a connection whose peer has stopped reading for good.
+            if not self._write_stuck_logged:
+                self._write_stuck_logged = True
+                self.log.info("%s is not reading its connection: an answer was not taken within %.0f s",
+                              self._name, self._send_timeout_s)
+        except SEND_FAILURES:
+            self._answering = False
+            self.log.debug("%s disconnected; the CALLs still queued are stored but not answered", self._name)
+
+    def _closed_waiter(self) -> asyncio.Task[None]:
+        if self._socket_closed is None:
+            self._socket_closed = asyncio.create_task(self.socket.wait_closed(), name=f"ocpp-closed-{self._name}")
+        return self._socket_closed
+
+    async def _enqueue(self, item: tuple[Call | Send, datetime, float]) -> bool:
+        """Queue a CALL for the worker; False if the socket closed while the queue stayed full."""
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            pass
+        # Full: the socket is not read until the worker takes one (back-pressure on the charger),
+        # but never longer than the socket lives (a charger leaving with its queue full).
+        put = asyncio.create_task(self._queue.put(item), name=f"ocpp-enqueue-{self._name}")
+        try:
+            await asyncio.wait({put, self._closed_waiter()}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not put.done():
+                put.cancel()
+                await asyncio.wait({put})
+        return not put.cancelled()
+
+    async def _on_frame(self, raw: str | bytes) -> None:
+        received_at = datetime.now(UTC)
+        self.last_message_at = received_at  # any message is proof of life (R18 [1.6 §4.6, 2.0.1 G02.FR.04])
+        if self._frames_logged:
+            self.log.debug("%s <- %s", self._name, loggable_frame(raw))
+        started = time.perf_counter()
+        try:
+            msg = self.session.parse(raw)
+        except FrameRejected as exc:
+            self._metrics.messages.labels("-", "in", "rejected").inc()
+            self._metrics.callerrors_sent.labels(exc.error.code).inc()
+            self._rejected.event(exc.error.description)
+            await self._answer(self.session.error_frame(exc.message_id, exc.error))
+            return
+        except FrameIgnored as exc:
+            self._metrics.messages.labels("-", "in", "ignored").inc()
+            self.log.debug("ignored frame: %s", exc.reason)
+            return
+        if isinstance(msg, Call | Send):
+            if msg.message_id in self._in_progress:
+                # An existing call with the same id is being handled (1.6J §4.2.3; R9).
+                await self._answer(self.session.error_frame(
+                    msg.message_id, RpcFrameworkError("a message with this id is already being processed")))
+                return
+            self._in_progress.add(msg.message_id)
+            if not await self._enqueue((msg, received_at, started)):
+                # Never queued, never answered: the charger sends it again on its next connection.
+                self._in_progress.discard(msg.message_id)
+        else:
+            self.outgoing.resolve(msg)
+
+    async def _handle(self, msg: Call | Send, received_at: datetime, started: float) -> None:
+        call = msg if isinstance(msg, Call) else Call(msg.message_id, msg.action, msg.payload)
+        outcome = await self.session.handle_call(call, received_at)
+        frame = outcome.frame
+        outcome_label = "error" if outcome.error_code else ("tolerated" if outcome.tolerated else "ok")
+        if outcome.tolerated:
+            self._metrics.tolerated.labels(call.action).inc()
+        if outcome.events:
+            publish_started = time.perf_counter()
+            try:
+                await self._bus.publish(outcome.events)
+            except BusError as exc:
+                self.log.warning("%s %s not durable: %s", self.session.state.charge_point_id, call.action, exc)
+                outcome = self.session.not_durable(call)
+                frame = outcome.frame
+                outcome_label = "error"
+            self._metrics.bus_publish_seconds.observe(time.perf_counter() - publish_started)
+        if outcome.error_code:
+            self._metrics.callerrors_sent.labels(outcome.error_code).inc()
+        # Unknown actions share one label: a charger must not be able to mint label values.
+        action_label = "unknown" if outcome.error_code == "NotImplemented" else call.action
+        self._metrics.messages.labels(action_label, "in", outcome_label).inc()
+        if isinstance(msg, Send):
+            return  # 2.1 SEND gets no answer at all (2.1 §4.2.4)
+        await self._answer(frame)
+        self._metrics.handling_seconds.labels(action_label).observe(time.perf_counter() - started)

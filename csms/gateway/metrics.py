@@ -1,0 +1,74 @@
+"""Prometheus metrics of the central system (low cardinality: no per-charger labels)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from csms import __version__
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayMetrics:
+    connected: Gauge
+    connections_opened: Counter
+    connections_closed: Counter
+    handshake_failures: Counter
+    messages: Counter
+    handling_seconds: Histogram
+    callerrors_sent: Counter
+    callerrors_received: Counter
+    bus_publish_seconds: Histogram
+    commands: Counter
+    command_seconds: Histogram
+    unsolicited_responses: Counter
+    tolerated: Counter
+    commands_outstanding: Gauge
+    build_info: Info
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
+        build = Info("csms_build", "Build information", registry=registry)
+        build.info({"version": __version__, "role": "serve"})
+        return cls(
+            connected=Gauge("csms_chargers_connected", "Chargers with a live websocket, by OCPP version",
+                            ["ocpp_version"], registry=registry),
+            connections_opened=Counter("csms_connections_opened_total", "Websocket connections accepted",
+                                       ["ocpp_version"], registry=registry),
+            connections_closed=Counter("csms_connections_closed_total", "Websocket connections closed, by reason",
+                                       ["reason"], registry=registry),
+            handshake_failures=Counter("csms_handshake_failures_total", "Refused websocket handshakes, by cause",
+                                       ["cause"], registry=registry),
+            messages=Counter("csms_ocpp_messages_total", "OCPP messages, by action, direction and outcome",
+                             ["action", "direction", "outcome"], registry=registry),
+            handling_seconds=Histogram("csms_ocpp_handling_seconds",
+                                       "Time from a CALL received to its answer sent, by action", ["action"],
+                                       buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                0.5, 1, 2.5, 5),
+                                       registry=registry),
+            callerrors_sent=Counter("csms_ocpp_callerrors_sent_total", "CALLERRORs sent, by error code",
+                                    ["code"], registry=registry),
+            callerrors_received=Counter("csms_ocpp_callerrors_received_total",
+                                        "CALLERRORs received from chargers, by error code (codes their OCPP "
+                                        "version does not define count as 'other')", ["code"],
+                                        registry=registry),
+            bus_publish_seconds=Histogram("csms_bus_publish_seconds", "Time until published events are durable",
+                                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                   0.5, 1, 2.5),
+                                          registry=registry),
+            commands=Counter("csms_commands_total", "CSMS-initiated calls to chargers, by action and outcome",
+                             ["action", "outcome"], registry=registry),
+            command_seconds=Histogram("csms_command_seconds", "Time from a command sent to its answer",
+                                      ["action"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                                      registry=registry),
+            unsolicited_responses=Counter("csms_ocpp_unsolicited_responses_total",
+                                          "CALLRESULT/CALLERROR frames matching no pending call (dropped)",
+                                          registry=registry),
+            tolerated=Counter("csms_ocpp_schema_violations_tolerated_total",
+                              "Messages that failed the schema but were accepted in tolerant mode, by action",
+                              ["action"], registry=registry),
+            commands_outstanding=Gauge("csms_commands_outstanding", "Operator commands sent or queued, not yet "
+                                       "answered", registry=registry),
+            build_info=build,
+        )
