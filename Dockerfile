@@ -36,10 +36,16 @@ LABEL org.opencontainers.image.title="csms-telemetry" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # Fixed uid/gid so volume ownership is predictable across rebuilds and hosts.
+# /var/lib/csms is the data directory (--data-dir): each gateway node's fsync'ed outbox
+# (acknowledged charger data not yet committed by ingest), the generated API token and
+# local state. It exists in the image, owned by csms, so a volume mounted there starts
+# out writable for uid 10001 (Docker copies the ownership of an image directory into a
+# new named volume; Kubernetes sets it with fsGroup).
 RUN groupadd --system --gid 10001 csms \
     && useradd --system --uid 10001 --gid csms --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin csms \
-    && install -d -o csms -g csms -m 0750 /app
+    && install -d -o csms -g csms -m 0750 /app \
+    && install -d -o csms -g csms -m 0700 /var/lib/csms
 
 # The venv's python is a symlink to /usr/local/bin/python3.11, which the
 # runtime base image has at the same path as the builder's.
@@ -48,6 +54,7 @@ COPY --from=builder /opt/venv /opt/venv
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    CSMS_DATA_DIR=/var/lib/csms \
     CSMS_HTTP_HOST=0.0.0.0 \
     CSMS_OCPP_HOST=0.0.0.0 \
     CSMS_OCPP_PORT=9000 \
@@ -67,5 +74,10 @@ EXPOSE 9000 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('CSMS_HTTP_PORT', '8080'), timeout=4)"]
 
-ENTRYPOINT ["csms"]
+# Raise the soft open-files limit to the hard limit before csms starts: every charger is
+# one socket, and runtimes differ (recent containerd and Docker releases leave containers
+# at the systemd default, soft 1024 / hard 524288; Kubernetes has no pod field for it).
+# Raising soft up to hard needs no privilege. `exec` replaces the shell with csms (same
+# PID), so SIGTERM (docker stop, pod termination) reaches csms itself and it drains.
+ENTRYPOINT ["/bin/sh", "-c", "ulimit -n \"$(ulimit -Hn)\" 2>/dev/null || echo \"csms: open-files limit stays at $(ulimit -n)\" >&2; exec csms \"$@\"", "csms"]
 CMD ["serve"]

@@ -31,6 +31,8 @@ from csms.run.central import CentralSystem, migrate, run_until_stopped
 from csms.run.embedded_pg import EmbeddedPostgres
 from csms.run.ingest import run_ingest
 from csms.run.logging_setup import configure_logging
+from csms.run.supervisor import Supervisor
+from csms.run.workers import WorkerSlot, raise_open_files_limit
 from schemas.settings import SETTINGS_FIELDS, Settings, SettingsError, add_setting_flags, load_settings
 
 logger = logging.getLogger("csms")
@@ -65,6 +67,11 @@ def build_parser(*, tool: str | None = None) -> argparse.ArgumentParser:
             p.add_argument("--demo-history-days", type=float, default=2.0,
                            help="days of history the demo fleet writes first, in fast-forward (default 2; "
                                 "only when the demo chargers have no data yet)")
+        if name == "serve":
+            # Set by the supervisor of `--workers N` for the processes it starts, not by people.
+            p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+            p.add_argument("--worker-node", default=None, help=argparse.SUPPRESS)
+            p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     add_admin_commands(sub)
     if tool == "simulate":
         from csms.simulate.command import add_simulate_command
@@ -133,18 +140,27 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             print(f"csms: {exc}", file=sys.stderr)
             return 1
     configure_logging(settings.log_level)
+    worker = _worker_slot(args, settings)
+    if command in ("run", "serve") and settings.workers > 1 and worker is None:
+        if command == "run" and args.demo:
+            print("csms: --demo runs in one process: leave out --workers", file=sys.stderr)
+            return 2
+        return Supervisor(settings, command=command).run()
+    if command in ("run", "serve"):
+        raise_open_files_limit()
     _tune_gc()
     try:
         if command in ("run", "serve"):
             def central(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
-                system = CentralSystem(settings, embedded=command == "run")
+                system = CentralSystem(settings, embedded=command == "run", worker=worker)
                 if command == "run" and args.demo:
                     from csms.simulate.demo import DemoFleet
 
                     demo = DemoFleet(system, history_days=args.demo_history_days)
                     # The fleet starts after the system and stops before it (before chargers are closed).
                     return run_until_stopped(demo.start_all, demo.stop_all, stop)
-                return run_until_stopped(system.start, system.stop, stop)
+                start = system.start if worker is None else _reporting_ready(system.start, args.ready_fd)
+                return run_until_stopped(start, system.stop, stop)
             _run_async(central)
         elif command == "ingest":
             _run_async(lambda stop: run_ingest(settings, stop))
@@ -158,6 +174,44 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         logger.error("%s", exc)
         return 1
     return 0
+
+
+def _worker_slot(args: argparse.Namespace, settings: Settings) -> WorkerSlot | None:
+    """A worker of ``--workers N`` (started by the supervisor): its place, and its log lines tagged."""
+    index = getattr(args, "worker_index", None)
+    if index is None:
+        return None
+    slot = WorkerSlot(index=index, node=args.worker_node or settings.node_id,
+                      metrics_port=settings.metrics_port_base + index)
+    tag = f"[{settings.node_id}] "
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_TaggedFormatter(tag, handler.formatter or logging.Formatter()))
+    return slot
+
+
+class _TaggedFormatter(logging.Formatter):
+    """The workers share the supervisor's stderr: each line says which worker wrote it."""
+
+    def __init__(self, tag: str, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._tag = tag
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._tag + self._inner.format(record)
+
+
+def _reporting_ready(start: Callable[[], Coroutine[Any, Any, None]], ready_fd: int | None
+                     ) -> Callable[[], Coroutine[Any, Any, None]]:
+    """``start``, then one byte on the supervisor's pipe: this worker listens on every port."""
+
+    async def started() -> None:
+        await start()
+        if ready_fd is not None:
+            os.write(ready_fd, b"R")
+            os.close(ready_fd)
+
+    return started
 
 
 def _db_url(settings: Settings) -> int:

@@ -10,7 +10,7 @@ set -euo pipefail
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE_DIR="$REPO_DIR/.csms-setup"
 TSDB_SERIES="2.19"           # Debian trixie ships timescaledb 2.19.x (Apache-2 edition)
-SYSTEM_PACKAGES=(postgresql postgresql-contrib mosquitto prometheus)
+SYSTEM_PACKAGES=(postgresql postgresql-contrib mosquitto prometheus haproxy)
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -64,6 +64,7 @@ install_system() {
         apt_install "${SYSTEM_PACKAGES[@]}"
         case " $fresh " in *" mosquitto "*) disable_service mosquitto ;; esac
         case " $fresh " in *" prometheus "*) disable_service prometheus; disable_service prometheus-node-exporter ;; esac
+        case " $fresh " in *" haproxy "*) disable_service haproxy ;; esac
     fi
     local major pkglib
     major="$(pg_major)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections import deque
 from dataclasses import dataclass
 
@@ -43,6 +44,9 @@ class AckingConsumer:
             # client is full (Mosquitto's max_inflight_messages), so this bound is never hit
             # as long as it is at least that window.
             max_queued_incoming_messages=max_queued_messages,
+            # paho does not set TCP_NODELAY; Nagle would hold each small PUBACK for the broker's
+            # delayed ACK (~40 ms on Linux).
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         self._topic = topic
         self._buffer: deque[ReceivedMessage] = deque()

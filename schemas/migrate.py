@@ -94,9 +94,3 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
             )
             applied_now.append(migration.name)
     return applied_now
-
-
-async def timescaledb_license(conn: asyncpg.Connection) -> str:
-    """Return ``timescaledb.license`` ('apache' or 'timescale')."""
-    value = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
-    return str(value or "apache")

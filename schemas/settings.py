@@ -22,8 +22,9 @@ class SettingsError(ValueError):
     """A setting has a value that cannot be used."""
 
 
-def _opt(default: Any, help_text: str, *, roles: str = "all") -> Any:
-    return dataclasses.field(default=default, metadata={"help": help_text, "roles": roles})
+def _opt(default: Any, help_text: str, *, roles: str = "all", secret: bool = False) -> Any:
+    """A setting; ``secret`` keeps its value out of the object's repr (and so out of any log of it)."""
+    return dataclasses.field(default=default, repr=not secret, metadata={"help": help_text, "roles": roles})
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,8 +32,10 @@ class Settings:
     """Process settings. Field names become ``--flag-name`` and ``CSMS_FIELD_NAME``."""
 
     # Where the data lives and how roles talk.
-    database_url: str | None = _opt(None, "PostgreSQL+TimescaleDB URL; unset = embedded cluster in --data-dir")
-    mqtt_url: str | None = _opt(None, "MQTT broker URL (mqtt://host:port) for the bus; unset = in-process bus")
+    database_url: str | None = _opt(None, "PostgreSQL+TimescaleDB URL; unset = embedded cluster in --data-dir",
+                                    secret=True)
+    mqtt_url: str | None = _opt(None, "MQTT broker URL (mqtt://host:port) for the bus; unset = in-process bus",
+                                secret=True)
     data_dir: Path = _opt(Path(".csms"), "directory of the embedded database and local state")
     node_id: str = _opt(socket.gethostname(), "name of this node in events and metrics labels")
     log_level: str = _opt("INFO", "log level (DEBUG shows OCPP frames)")
@@ -64,6 +67,9 @@ class Settings:
                                                       "line per interval", roles="run,serve")
     rejected_frame_log_burst: int = _opt(5, "rejected frames per connection logged at INFO one by one in each "
                                             "--rejected-frame-log-interval-s", roles="run,serve")
+    max_connections_per_process: int = _opt(0, "chargers one gateway process holds at most, beyond them the "
+                                                "handshake gets 503 + Retry-After (0 = what the open-files limit "
+                                                "allows: soft limit - db_pool_max - 100)", roles="run,serve")
     websocket_max_queue_frames: int = _opt(4, "incoming websocket frames buffered per connection before the "
                                               "socket is not read (websockets max_queue)", roles="run,serve")
 
@@ -99,16 +105,25 @@ class Settings:
                                          roles="run,serve")
     onboard_max_pending: int = _opt(100, "unknown ids admitted by --onboard-unknown and still pending at most; "
                                          "beyond it unknown ids get 404 and no row", roles="run,serve")
+    credential_secret: str | None = _opt(None, "server secret (at least 32 characters) under which generated "
+                                               "charger passwords are stored as HMAC-SHA-256; the same on every "
+                                               "node of one database; prefer the environment variable or "
+                                               "--credential-secret-file; wins over the file",
+                                         roles="run,serve,admin", secret=True)
+    credential_secret_file: Path | None = _opt(None, "file holding that secret; unset = <data-dir>/credential-secret, "
+                                                     "created with mode 0600 on first use", roles="run,serve,admin")
+    slow_hash_count_interval_s: float = _opt(60.0, "how often csms_chargers_slow_hash (chargers still on an "
+                                                   "Argon2id hash) is read from the database", roles="run,serve")
 
     # HTTP: API, /metrics, /healthz.
     http_host: str = _opt("127.0.0.1", "address of the HTTP API and /metrics")
     http_port: int = _opt(8080, "port of the HTTP API and /metrics")
     http_graceful_shutdown_s: float = _opt(5.0, "time open HTTP requests get to finish when the server stops")
     http_start_timeout_s: float = _opt(10.0, "time allowed for the HTTP server to start listening")
-    api_token: str | None = _opt(None, "operator API bearer token; unset = generated into --data-dir")
+    api_token: str | None = _opt(None, "operator API bearer token; unset = generated into --data-dir", secret=True)
     ocpi_token: str | None = _opt(None, "token OCPI partners send (Authorization: Token …); unset = partner "
                                         "endpoints refuse everyone (the public open-data feed still works)",
-                                  roles="run,serve")
+                                  roles="run,serve", secret=True)
     ocpi_country_code: str | None = _opt(None, "OCPI country_code (ISO 3166-1 alpha-2) of the CPO party every "
                                                "location is published under; unset = each location's own "
                                                "country (IND → IN)", roles="run,serve")
@@ -150,6 +165,46 @@ class Settings:
                                                     "at or below Mosquitto's max_inflight_messages)",
                                               roles="run,ingest")
 
+    # Fleet: the registry of which node holds which charger, and commands across nodes.
+    lease_s: float = _opt(15.0, "a gateway node's lease in the fleet registry: its chargers count as connected "
+                                "while it renews it; once it has expired (the node died) any node records them "
+                                "disconnected (reason node_lost)", roles="run,serve")
+    lease_renew_s: float | None = _opt(None, "how often a node renews its lease (unset = lease_s / 3)",
+                                       roles="run,serve")
+    command_forward_margin_s: float = _opt(5.0, "a command for a charger held by another node waits "
+                                                "call_timeout_s plus this for that node's reply, then 504",
+                                           roles="run,serve")
+    command_dedupe_ttl_s: float = _opt(600.0, "a node remembers each command it received from another node this "
+                                              "long, so that a broker redelivery is never sent to the charger "
+                                              "twice (must exceed call_timeout_s + command_forward_margin_s)",
+                                       roles="run,serve")
+    command_dedupe_max_entries: int = _opt(100000, "commands from other nodes remembered at most; beyond it new "
+                                                   "ones get 429 until older ones are past their deadline",
+                                           roles="run,serve")
+
+    # Several gateway processes on one host (csms run|serve --workers N).
+    workers: int = _opt(1, "gateway worker processes sharing the OCPP and HTTP ports (SO_REUSEPORT) under a "
+                           "supervisor that restarts them; 1 = this process serves alone", roles="run,serve")
+    metrics_port_base: int = _opt(8090, "with --workers N > 1: worker i serves its own /metrics and /healthz on "
+                                        "this port + i (Prometheus scrapes each), csms run's ingest process on "
+                                        "this port + N", roles="run,serve")
+    worker_start_timeout_s: float = _opt(60.0, "time a worker gets to become ready (database, broker, ports); "
+                                               "a restarted one that is not ready by then is killed and retried",
+                                         roles="run,serve")
+    worker_restart_backoff_min_s: float = _opt(0.5, "a worker that exits is restarted after this, doubled for each "
+                                                    "crash in a row", roles="run,serve")
+    worker_restart_backoff_max_s: float = _opt(30.0, "longest wait before a worker is restarted; a worker that "
+                                                     "ran longer than this counts as healthy again",
+                                               roles="run,serve")
+    drain_rate_per_s: float = _opt(500.0, "on SIGTERM a gateway process closes at most this many chargers per "
+                                          "second with 1001, so they reconnect elsewhere without a herd; the "
+                                          "closes use at most half of --shutdown-timeout-s, the rest are then "
+                                          "closed at once (0 = all at once)", roles="run,serve")
+    embedded_mqtt_port: int = _opt(0, "port of the embedded Mosquitto of csms run --workers N (0 = pick a free "
+                                      "one, then keep it)", roles="run")
+    embedded_mqtt_start_timeout_s: float = _opt(10.0, "time allowed for the embedded Mosquitto to listen",
+                                                roles="run")
+
     # Process lifecycle.
     shutdown_timeout_s: float = _opt(10.0, "time allowed for an orderly shutdown")
 
@@ -183,14 +238,37 @@ class Settings:
                 or self.rejected_frame_log_interval_s <= 0 or self.rejected_frame_log_burst < 0):
             raise SettingsError("command_connect_wait_s and rejected_frame_log_burst must be at least 0, "
                                 "connection_drain_timeout_s and rejected_frame_log_interval_s positive")
+        if self.max_connections_per_process < 0:
+            raise SettingsError("max_connections_per_process must be at least 0 (0 = from the open-files limit)")
         if (self.websocket_max_queue_frames < 1 or self.ingest_db_pool_max < 1 or self.ingest_retry_max_s <= 0
                 or self.inprocess_bus_max_pending_rows < 1 or self.maintenance_interval_s <= 0
                 or self.http_graceful_shutdown_s < 0 or self.http_start_timeout_s <= 0):
             raise SettingsError("websocket_max_queue_frames, ingest_db_pool_max, ingest_retry_max_s, "
                                 "inprocess_bus_max_pending_rows, maintenance_interval_s and http_start_timeout_s "
                                 "must be positive, http_graceful_shutdown_s at least 0")
+        if self.lease_s <= 0 or (self.lease_renew_s is not None and not 0 < self.lease_renew_s < self.lease_s):
+            raise SettingsError("lease_s must be positive and lease_renew_s between 0 and lease_s")
+        if (self.command_forward_margin_s < 0 or self.command_dedupe_max_entries < 1
+                or self.command_dedupe_ttl_s <= self.call_timeout_s + self.command_forward_margin_s):
+            raise SettingsError("command_forward_margin_s must be at least 0, command_dedupe_max_entries positive, "
+                                "and command_dedupe_ttl_s above call_timeout_s + command_forward_margin_s (a "
+                                "command redelivered after it is forgotten must be past its deadline)")
+        if not 1 <= self.workers <= 64:
+            raise SettingsError(f"workers must be between 1 and 64, got {self.workers}")
+        if not 1 <= self.metrics_port_base <= 65535 - self.workers or not 0 <= self.embedded_mqtt_port <= 65535:
+            raise SettingsError("metrics_port_base + workers and embedded_mqtt_port must be TCP ports")
+        if (self.worker_start_timeout_s <= 0 or self.worker_restart_backoff_min_s <= 0
+                or self.worker_restart_backoff_max_s < self.worker_restart_backoff_min_s
+                or self.drain_rate_per_s < 0 or self.embedded_mqtt_start_timeout_s <= 0):
+            raise SettingsError("worker_start_timeout_s, worker_restart_backoff_min_s and "
+                                "embedded_mqtt_start_timeout_s must be positive, worker_restart_backoff_max_s at "
+                                "least the minimum, drain_rate_per_s at least 0")
         if self.api_token is not None and len(self.api_token) < 16:
             raise SettingsError("api_token must be at least 16 characters")
+        if self.credential_secret is not None and len(self.credential_secret.strip()) < 32:
+            raise SettingsError("credential_secret must be at least 32 characters")
+        if self.slow_hash_count_interval_s <= 0:
+            raise SettingsError("slow_hash_count_interval_s must be positive")
 
 
 def tolerant_pairs(settings: Settings) -> frozenset[tuple[str, str]]:

@@ -24,6 +24,24 @@ def committed_topic(node_id: str) -> str:
     return f"{TOPIC_ROOT}/committed/{node_id}"
 
 
+def node_commands_topic(node_id: str) -> str:
+    """Where a gateway node receives what other nodes ask of the chargers it holds: operator commands
+    and takeovers (close an older socket of a charger that reconnected elsewhere). QoS 1."""
+    return f"{TOPIC_ROOT}/nodes/{node_id}/commands"
+
+
+def node_replies_topic(node_id: str) -> str:
+    """Where a gateway node receives the answers to the commands it forwarded. QoS 1."""
+    return f"{TOPIC_ROOT}/nodes/{node_id}/replies"
+
+
+def is_node_replies_topic(topic: str) -> bool:
+    """A topic some node's replies are published on (a command's ``reply_to`` must be one)."""
+    prefix, suffix = f"{TOPIC_ROOT}/nodes/", "/replies"
+    return (topic.startswith(prefix) and topic.endswith(suffix)
+            and valid_node_id(topic[len(prefix):len(topic) - len(suffix)]))
+
+
 def valid_node_id(node_id: str) -> bool:
     return bool(node_id) and not any(c in node_id for c in "/+#\0") and len(node_id) <= 64
 

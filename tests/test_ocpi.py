@@ -224,7 +224,11 @@ async def env(db_url: str) -> AsyncIterator[Env]:
     live = {"CP-A"}
     now = [1000.0]
     app = fastapi.FastAPI()
-    app.include_router(build_ocpi_router(pool=pool, live_ids=lambda: set(live), token=TOKEN, clock=lambda: now[0]))
+
+    async def live_ids() -> set[str]:
+        return set(live)
+
+    app.include_router(build_ocpi_router(pool=pool, live_ids=live_ids, token=TOKEN, clock=lambda: now[0]))
     env_ = Env(pool, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test"), live, now)
     t = datetime.now(UTC) - timedelta(minutes=10)
     await env_.status("CP-A", 1, 1, "Charging", t)
@@ -461,7 +465,10 @@ async def test_country_code_is_the_sites_country_unless_one_party_is_configured(
     assert (connector["standard"], connector["format"], connector["power_type"]) == (
         "IEC_62196_T2_COMBO", "CABLE", "DC")                                          # not a Type 2 socket
     app = fastapi.FastAPI()
-    app.include_router(build_ocpi_router(pool=env.pool, live_ids=set, token=TOKEN, country_code="NL"))
+    async def no_live_ids() -> set[str]:
+        return set()
+
+    app.include_router(build_ocpi_router(pool=env.pool, live_ids=no_live_ids, token=TOKEN, country_code="NL"))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
         pinned = (await client.get(LIST, headers={"Authorization": f"Token {TOKEN}"})).json()["data"]
     assert {loc["country_code"] for loc in pinned} == {"NL"}

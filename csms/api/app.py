@@ -6,6 +6,7 @@ in constant time. Public endpoints (health, metrics) are read-only.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from csms import __version__
 from csms.api.commands import build_commands_router
-from csms.api.live import build_live_router
+from csms.api.live import build_live_router, connected_ids
 from csms.api.ocpi import build_ocpi_router
 from csms.api.registry import build_registry_router
 from csms.api_exports import build_exports_router
@@ -31,7 +32,7 @@ HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 _bearer = HTTPBearer(auto_error=False)
 
 
-def create_app(*, metrics: CollectorRegistry, api_token: str, health: HealthCheck,
+def create_app(*, metrics: CollectorRegistry, api_token: str, health: HealthCheck, ready: HealthCheck | None = None,
                pool: asyncpg.Pool | None, gateway: Gateway | None, ocpi_token: str | None = None,
                ocpi_country_code: str | None = None, ocpi_party_id: str = "CSM") -> FastAPI:
     app = FastAPI(title="CSMS telemetry API", version=__version__,
@@ -62,7 +63,16 @@ def create_app(*, metrics: CollectorRegistry, api_token: str, health: HealthChec
 
     @app.get("/healthz", tags=["public"])
     async def healthz(response: Response) -> dict[str, Any]:
+        """Liveness: 200 while the process answers (the body says what it depends on)."""
         result = await health()
+        if not result.get("ok"):
+            response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return result
+
+    @app.get("/readyz", tags=["public"])
+    async def readyz(response: Response) -> dict[str, Any]:
+        """Readiness: 200 when this node can take chargers (database, bus, not draining), else 503."""
+        result = await (ready or health)()
         if not result.get("ok"):
             response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return result
@@ -82,6 +92,6 @@ def create_app(*, metrics: CollectorRegistry, api_token: str, health: HealthChec
         app.include_router(build_ocpi_router(
             pool=pool, token=ocpi_token or secrets.token_urlsafe(32), country_code=ocpi_country_code,
             party_id=ocpi_party_id,
-            live_ids=lambda: gateway.live.ids() if gateway else set()))
+            live_ids=functools.partial(connected_ids, gateway)))
 
     return app

@@ -1,4 +1,8 @@
-"""Operator commands to chargers: any CSMS-initiated OCPP call, and version-neutral shortcuts."""
+"""Operator commands to chargers: any CSMS-initiated OCPP call, and version-neutral shortcuts.
+
+A command goes to the charger wherever it is connected: through this node's connection, or over the
+broker to the node holding it (``csms.gateway.remote``); the answers are the same either way.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ from pydantic import BaseModel, Field
 
 from csms.api.common import CpId
 from csms.common.errors import ChargerBusyError, ChargerCommandError, ChargerOfflineError, ChargerTimeoutError
-from csms.gateway.connection import ChargerConnection
+from csms.gateway import remote
+from csms.gateway.node_messages import RemoteNodeError
 from csms.gateway.outgoing import ChargerCallError
+from csms.gateway.remote import Target
 from csms.gateway.server import Gateway
 from csms.ocpp import commands
 
@@ -46,18 +52,22 @@ class CommandOut(BaseModel):
 def build_commands_router(*, gateway: Gateway | None) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["commands"])
 
-    async def live(cp_id: str) -> ChargerConnection:
-        # A charger mid-handshake is waited for (at most command_connect_wait_s); an offline one
-        # fails at once: a command to an offline charger is never queued.
-        conn = await gateway.live_connection(cp_id) if gateway is not None else None
-        if conn is None:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"charge point {cp_id} is not connected to this node")
-        return conn
+    async def live(cp_id: str) -> Target:
+        # A charger mid-handshake here is waited for (at most command_connect_wait_s); one connected
+        # nowhere fails at once: a command to an offline charger is never queued.
+        try:
+            target = await remote.locate(gateway, cp_id) if gateway is not None else None
+        except RemoteNodeError as exc:
+            raise _unavailable(exc) from None
+        if target is None:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"charge point {cp_id} is not connected to any node")
+        return target
 
     async def send(cp_id: str, action: str, payload: dict[str, Any]) -> CommandOut:
-        conn = await live(cp_id)
+        target = await live(cp_id)
+        assert gateway is not None
         try:
-            response = await conn.command(action, payload)
+            response = await remote.send(gateway, target, action, payload)
         except commands.CommandRefused as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
         except ChargerOfflineError as exc:
@@ -69,10 +79,12 @@ def build_commands_router(*, gateway: Gateway | None) -> APIRouter:
                                 {"error": exc.code, "description": exc.description}) from None
         except ChargerBusyError as exc:
             raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc)) from None
+        except RemoteNodeError as exc:
+            raise _unavailable(exc) from None
         except ChargerCommandError as exc:
             # Any other failure to deliver: the charger is not reachable for this command.
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-        return CommandOut(charge_point_id=cp_id, action=action, ocpp_version=conn.ocpp_version, response=response)
+        return CommandOut(charge_point_id=cp_id, action=action, ocpp_version=target.ocpp_version, response=response)
 
     @router.post("/charge-points/{cp_id}/ocpp/{action}")
     async def ocpp_command(cp_id: CpId, action: Annotated[str, Path(max_length=64)],
@@ -107,3 +119,9 @@ def build_commands_router(*, gateway: Gateway | None) -> APIRouter:
         return await send(cp_id, action, payload)
 
     return router
+
+
+def _unavailable(exc: RemoteNodeError) -> HTTPException:
+    # The charger is connected, but the node holding it cannot be reached (broker or registry down):
+    # not the charger's state, so not 409; the command was not sent.
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "1"})

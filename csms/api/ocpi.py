@@ -49,7 +49,7 @@ import hmac
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -153,12 +153,12 @@ def _page(request: Request, query: ListQuery, locations: list[dict[str, Any]]) -
     return _body(selected[query.offset:query.offset + query.limit]), headers
 
 
-def build_ocpi_router(*, pool: asyncpg.Pool, live_ids: Callable[[], set[str]], token: str,
+def build_ocpi_router(*, pool: asyncpg.Pool, live_ids: Callable[[], Awaitable[set[str]]], token: str,
                       country_code: str | None = None, party_id: str = "CSM",
                       clock: Callable[[], float] = time.monotonic) -> APIRouter:
     """The OCPI 2.2.1 Locations sender endpoints and the public open-data feed.
 
-    ``live_ids`` returns the ids of the chargers connected right now; ``clock`` (monotonic seconds)
+    ``live_ids`` returns the ids of the chargers connected right now (fleet-wide); ``clock`` (monotonic seconds)
     drives the open-data cache and is only replaced by tests. ``country_code`` None: every location is
     published under its own country's party (see the module docstring).
     """
@@ -188,7 +188,7 @@ def build_ocpi_router(*, pool: asyncpg.Pool, live_ids: Callable[[], set[str]], t
         return _respond(request, _body(None, 2003, "Unknown Location"), 404)
 
     async def load(*, public_only: bool = False, location_id: str | None = None) -> list[dict[str, Any]]:
-        return await load_locations(pool, live=live_ids(), country_code=country_code, party_id=party_id,
+        return await load_locations(pool, live=await live_ids(), country_code=country_code, party_id=party_id,
                                     public_only=public_only, location_id=location_id)
 
     async def one(location_id: str) -> dict[str, Any] | None:

@@ -12,8 +12,11 @@ from fastapi import APIRouter, Body, HTTPException, status
 from pydantic import BaseModel, Field, field_validator
 
 from csms.api.common import CHARGE_POINT_ID_PATTERN, CpId, UtcTime, database
+from csms.gateway.fleet import DB_ERRORS
 from csms.gateway.server import Gateway
 from csms.ocpp.identity import MAX_ID_LENGTH
+from csms.security.credentials import SLOW_HASH_WARNING
+from csms.security.secret import CredentialKeyError
 from csms.store import countries, live_state
 from csms.store.chargers import set_admission
 from csms.store.registry import (
@@ -137,7 +140,7 @@ class ChargePointOut(BaseModel):
     registration_status: str
     last_boot_at: UtcTime | None
     last_seen_at: UtcTime | None
-    connected: bool = Field(description="has a live websocket on this node")
+    connected: bool = Field(description="has a live websocket on any node")
 
 
 class AdmissionOut(BaseModel):
@@ -156,15 +159,22 @@ def build_registry_router(*, pool: asyncpg.Pool | None, gateway: Gateway | None)
 
     @router.get("/charge-points")
     async def charge_points() -> list[ChargePointOut]:
-        """Registered charge points with their last boot and whether they are connected here."""
+        """Registered charge points with their last boot and whether they are connected (to any node)."""
         live_ids = gateway.live.ids() if gateway is not None else set()
+        if gateway is not None and gateway.fleet is not None:
+            try:
+                live_ids |= await gateway.fleet.connected_elsewhere()
+            except DB_ERRORS as exc:
+                raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the fleet registry is not reachable: "
+                                    f"{exc}", headers={"Retry-After": "1"}) from None
         return [ChargePointOut.model_validate({**r, "connected": r["id"] in live_ids})
                 for r in await live_state.list_charge_points(db())]
 
     @router.post("/charge-points", status_code=status.HTTP_201_CREATED)
     async def register_charge_point(body: ChargePointIn) -> dict[str, Any]:
         """Register a charge point, or change the fields given of an existing one (the others are kept); a
-        generated password is returned once, only its hash is kept."""
+        generated password is returned once, only its HMAC is kept. A password given in the body is stored as
+        Argon2id and answered with a ``warning``."""
         evses = None if body.evses is None else tuple(
             EvseSpec(**_given(e, skip=("connectors",)),
                      connectors=UNSET if e.connectors is None else tuple(ConnectorSpec(**_given(c))
@@ -172,15 +182,23 @@ def build_registry_router(*, pool: asyncpg.Pool | None, gateway: Gateway | None)
             for e in body.evses)
         spec = ChargePointSpec(**_given(body, skip=("evses",)), evses=UNSET if evses is None else evses)
         try:
-            generated = await add_charge_point(db(), spec)
+            generated = await add_charge_point(db(), spec,
+                                               credentials=gateway.credentials if gateway is not None else None)
         except (asyncpg.ForeignKeyViolationError, UnknownLocationError):
             raise HTTPException(status.HTTP_400_BAD_REQUEST,
                                 f"unknown location {body.location_id}") from None
         except RegistryError as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+        except CredentialKeyError as exc:   # this node's secret is not the database's: nothing was stored
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
         if gateway is not None:
             gateway.forget_credentials(body.id)
-        return {"id": body.id, "password": generated} if generated else {"id": body.id}
+        answer: dict[str, Any] = {"id": body.id}
+        if generated:
+            answer["password"] = generated
+        if body.password is not None:   # stored as Argon2id: slow at every first login (csms_chargers_slow_hash)
+            answer["warning"] = SLOW_HASH_WARNING
+        return answer
 
     @router.post("/charge-points/{cp_id}/admission")
     async def admission(cp_id: CpId, admission: Annotated[Literal["accept", "pending", "reject"],

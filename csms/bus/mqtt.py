@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,11 @@ from csms.bus.metrics import BusMetrics
 from csms.bus.outbox import Outbox
 from schemas.events import Event
 from schemas.topics import committed_topic, events_topic, parse_mqtt_url
+
+# paho does not set TCP_NODELAY: with Nagle's algorithm each small write (a PUBLISH after the
+# last one's PUBACK) waits for the peer's delayed ACK, ~40 ms on Linux (the broker side is set in
+# deploy/mosquitto/mosquitto.conf; csms.bench.commands measured +82 ms per command hop without it).
+TCP_NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,7 @@ class MqttBus:
         self._sent_upto = -1
         self._last_progress = time.monotonic()
         self._down_since: float | None = None
+        self.connected = False   # the broker session is up (readiness)
 
     @property
     def outbox(self) -> Outbox:
@@ -84,12 +91,14 @@ class MqttBus:
                 async with aiomqtt.Client(self._host, self._port, username=self._user, password=self._password,
                                           identifier=f"csms-node-{self._node_id}", clean_session=False,
                                           timeout=self._connect_timeout_s,
-                                          max_inflight_messages=self._max_in_flight) as client:
+                                          max_inflight_messages=self._max_in_flight,
+                                          socket_options=TCP_NO_DELAY) as client:
                     await client.subscribe(committed_topic(self._node_id), qos=1)
                     if self._down_since is not None:
                         logger.info("MQTT bus reconnected after %.1f s; %d events wait in the outbox",
                                     time.monotonic() - self._down_since, self._outbox.pending_events)
                     self._down_since = None
+                    self.connected = True
                     self._metrics.connected.set(1)
                     backoff = 0.2
                     # After a (re)connect, whatever is unconfirmed may be lost in the broker: resend.
@@ -98,6 +107,7 @@ class MqttBus:
                         tg.create_task(self._confirmations(client), name="bus-mqtt-confirmations")
                         tg.create_task(self._send(client), name="bus-mqtt-send")
             except* (aiomqtt.MqttError, OSError, TimeoutError) as group:
+                self.connected = False
                 self._metrics.connected.set(0)
                 if self._down_since is None:
                     self._down_since = time.monotonic()

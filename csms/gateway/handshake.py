@@ -9,11 +9,13 @@ Order of checks (each refusal is an HTTP answer; no websocket is opened):
 4. profile 3: the client certificate's subject CN = id (TC_A_07/08)                 → 403
    profile 1/2: exactly one Authorization header, Basic, username = id, password matches
    (2.0.1 A00.FR.203/204/207; R20–R22) → 401
-   (WWW-Authenticate). A password remembered from an earlier success costs one SHA-256; any other
-   check needs a token left in the failed-authentication budgets of its source address and of its id
-   (stricter than 1.; beyond them → 429 + Retry-After, before any KDF work), and its KDF runs in a
-   bounded thread pool with a bounded share per source (full → 503 + Retry-After). Every failure spends
-   a token of both budgets.
+   (WWW-Authenticate). A generated password (HMAC credential) is checked on the event loop in
+   microseconds, and so is an Argon2id password remembered from an earlier success (one SHA-256): a right
+   one is admitted whatever the budgets below. Any other check needs a token left in the
+   failed-authentication budgets of its source address and of its id (stricter than 1.; beyond them → 429
+   + Retry-After, before any KDF work), and its Argon2id runs in a bounded thread pool with a bounded share
+   per source (full → 503 + Retry-After). Every failure spends a token of both budgets. An HMAC credential
+   under a key this process does not have → 503 (a configuration error, logged), never a guess.
 
 Onboarding (``--onboard-unknown``) binds a credential, trust on first use: on a profile 1/2 endpoint an
 unknown id must present Basic auth with a password that meets the spec's rules; its hash is pinned with
@@ -37,16 +39,25 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from csms.gateway.budgets import SourceRateLimiter, TokenBuckets
+from csms.gateway.credential_upkeep import CredentialUpkeep
 from csms.security.credentials import (
     BasicCredentials,
     CredentialVerifier,
     hash_password,
     matches,
     parse_basic_auth,
+    password_candidates,
     pinnable_password,
 )
 from csms.security.kdf_pool import KdfBusy, KdfMetrics, KdfPool
-from csms.store.chargers import ChargerRecord, fetch_charger, onboard_unknown, pending_onboarded
+from csms.security.secret import CredentialKey, CredentialSecret, is_hmac, key_id_of
+from csms.store.chargers import (
+    ChargerRecord,
+    check_credential_key,
+    fetch_charger,
+    onboard_unknown,
+    pending_onboarded,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +90,7 @@ class HandshakePolicy:
                  rate_per_s: float, burst: int, auth_failures_per_source_per_min: float,
                  auth_failures_per_id_per_min: float, kdf_workers: int, kdf_queue_max: int,
                  kdf_queue_max_per_source: int, onboard_max_pending: int,
+                 credentials: CredentialSecret | None = None, slow_hash_count_interval_s: float = 60.0,
                  registry: CollectorRegistry | None = None) -> None:
         self._pool = pool
         self._profile = endpoint_profile
@@ -93,11 +105,24 @@ class HandshakePolicy:
         self.metrics = KdfMetrics.create(registry if registry is not None else CollectorRegistry())
         self.kdf = KdfPool(workers=kdf_workers, queue_max=kdf_queue_max, per_key_max=kdf_queue_max_per_source,
                            metrics=self.metrics)
+        # The Argon2id cache only: an HMAC check costs about what a cache look-up does.
         self.verifier = CredentialVerifier()
+        self.credentials = credentials if credentials is not None else CredentialSecret()
+        self._key: CredentialKey | None = None
+        self._unknown_keys_logged: set[str | None] = set()
+        self._upkeep = CredentialUpkeep(pool=pool, secret=self.credentials, metrics=self.metrics,
+                                        slow_hash_count_interval_s=slow_hash_count_interval_s)
+
+    async def start(self) -> None:
+        """Refuse to start (CredentialKeyError) when the database holds HMAC credentials under a secret this
+        process does not have; then start the credential upkeep (migration, slow-hash gauge)."""
+        self._key = await check_credential_key(self._pool, self.credentials)
+        self._upkeep.start()
 
     def close(self) -> None:
-        """Stop the KDF threads (jobs still waiting are cancelled)."""
+        """Stop the KDF threads (jobs still waiting are cancelled) and the credential upkeep."""
         self.kdf.close()
+        self._upkeep.close()
 
     async def check(self, *, charge_point_id: str, source: str, authorization: Sequence[str],
                     client_cert_cn: str | None) -> HandshakeVerdict:
@@ -134,9 +159,18 @@ class HandshakePolicy:
         # Two Authorization headers are ambiguous (RFC 9110 §5.3: not a list field): refuse, never pick one.
         creds = parse_basic_auth(headers[0]) if len(headers) == 1 else None
         if creds is not None and creds.username == charge_point_id and record is not None \
-                and record.credential_hash is not None \
-                and self.verifier.verify_cached(charge_point_id, record.credential_hash, creds.password):
-            return HandshakeVerdict(record)
+                and record.credential_hash is not None:
+            # Cheap checks first: a right password gets in even while its id's or source's failure budget is
+            # empty (someone flooding wrong passwords cannot lock it out).
+            if is_hmac(record.credential_hash):
+                ok = self._check_hmac(record.id, record.credential_hash, creds)
+                if ok is None:
+                    return self._key_unknown(record, record.credential_hash)
+                if ok:
+                    return HandshakeVerdict(record)
+            elif self.verifier.verify_cached(charge_point_id, record.credential_hash, creds.password):
+                self.metrics.credential_checks.labels("argon2id_cached").inc()
+                return HandshakeVerdict(record)
         refused = self._budget_refusal(record, source, charge_point_id, now)
         if refused is not None:
             return refused
@@ -161,17 +195,52 @@ class HandshakePolicy:
         # reconnects all at once (field lessons: LTE/CGNAT) must not be refused by the *failure* budget. What
         # a flooder's parallel attempts overrun is bounded by the KDF pool's per-source share and repaid (the
         # bucket goes negative).
-        try:
-            ok = await self.kdf.run(matches, stored_hash, creds.password, key=source)
-        except KdfBusy as busy:
-            return HandshakeVerdict(record, http.HTTPStatus.SERVICE_UNAVAILABLE, "kdf_busy",
-                                    "too many connection attempts being checked; try again later",
-                                    _retry_after(busy.retry_after_s))
+        if is_hmac(stored_hash):
+            hmac_ok = self._check_hmac(record.id, stored_hash, creds, count=False)  # counted in _basic_auth
+            if hmac_ok is None:
+                return self._key_unknown(record, stored_hash)
+            ok = hmac_ok
+        else:
+            try:
+                ok = await self.kdf.run(matches, stored_hash, creds.password, key=source)
+            except KdfBusy as busy:
+                return HandshakeVerdict(record, http.HTTPStatus.SERVICE_UNAVAILABLE, "kdf_busy",
+                                        "too many connection attempts being checked; try again later",
+                                        _retry_after(busy.retry_after_s))
+            self.metrics.credential_checks.labels("argon2id").inc()
         if not ok:
             return self._failed(record, source, record.id, time.monotonic(), "bad_credentials",
                                 "wrong credentials")
-        self.verifier.remember(record.id, stored_hash, creds.password)
+        if not is_hmac(stored_hash):
+            self.verifier.remember(record.id, stored_hash, creds.password)
+            self._upkeep.after_slow_login(record, stored_hash, creds.password)
         return HandshakeVerdict(record)
+
+    def _check_hmac(self, charge_point_id: str, stored_hash: str, creds: BasicCredentials, *,
+                    count: bool = True) -> bool | None:
+        """The HMAC check, on the event loop (microseconds); None if this process has no key for the credential."""
+        key = self._key
+        if key is None or key.key_id != key_id_of(stored_hash):
+            # A secret that appeared after start (first use by another process on a shared data dir or mount).
+            key = self.credentials.load()
+            if key is None or key.key_id != key_id_of(stored_hash):
+                return None
+            self._key = key
+        if count:
+            self.metrics.credential_checks.labels("hmac").inc()
+        return key.verify(stored_hash, charge_point_id, password_candidates(creds.password))
+
+    def _key_unknown(self, record: ChargerRecord, stored_hash: str) -> HandshakeVerdict:
+        key_id = key_id_of(stored_hash)
+        if key_id not in self._unknown_keys_logged:   # once per key id: they come from the database, not peers
+            self._unknown_keys_logged.add(key_id)
+            logger.error("charge point %s has an HMAC credential under key id %s, but this process's credential "
+                         "secret (%s) %s: give every node on this database the same secret", record.id, key_id,
+                         self.credentials.describe(),
+                         f"has key id {self._key.key_id}" if self._key else "does not exist")
+        return HandshakeVerdict(record, http.HTTPStatus.SERVICE_UNAVAILABLE, "credential_key_unknown",
+                                "this server cannot check this charge point's credential; try again later",
+                                _retry_after(60))
 
     async def _onboard_new(self, charge_point_id: str, source: str, creds: BasicCredentials | None,
                            now: float, *, new: bool = True) -> HandshakeVerdict:

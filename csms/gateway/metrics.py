@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics_core import Metric
 
 from csms import __version__
 
@@ -72,3 +74,21 @@ class GatewayMetrics:
                                        "answered", registry=registry),
             build_info=build,
         )
+
+
+class ProcessLabelledRegistry(CollectorRegistry):
+    """What a worker process exports: every series of ``inner`` with the labels that tell the workers
+    of a host apart (``node``, ``worker``), so that sums over workers and per-worker views need no
+    relabelling in the scrape configuration (issue 13 item 9). A label a series has itself wins."""
+
+    def __init__(self, inner: CollectorRegistry, labels: Mapping[str, str]) -> None:
+        super().__init__(auto_describe=False)
+        self._inner = inner
+        self._labels = dict(labels)
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._inner.collect():
+            labelled = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            labelled.samples = [sample._replace(labels={**self._labels, **sample.labels})
+                                for sample in metric.samples]
+            yield labelled

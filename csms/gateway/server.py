@@ -26,12 +26,15 @@ from websockets.typing import Subprotocol
 
 from csms.common.log_budget import BudgetedLog
 from csms.gateway.connection import ChargerConnection
+from csms.gateway.fleet import FleetDirectory
 from csms.gateway.handshake import HandshakePolicy
 from csms.gateway.live import Admission, Admissions, LiveConnections
 from csms.gateway.metrics import GatewayMetrics
+from csms.gateway.remote import CommandRouter
 from csms.ocpp.context import ProtocolState, Services
 from csms.ocpp.identity import SUPPORTED_SUBPROTOCOLS, choose_subprotocol, ocpp_version_of, parse_charge_point_id
 from csms.ocpp.session import OcppSession
+from csms.security.secret import CredentialSecret
 from schemas.bus import Bus, BusError
 from schemas.events import ConnectionEvent
 
@@ -45,6 +48,10 @@ logger = logging.getLogger(__name__)
 DEFLATE_WINDOW_BITS = 11
 DEFLATE_MEM_LEVEL = 4
 DEFLATE_NO_CONTEXT_TAKEOVER = True
+
+# Share of the shutdown timeout a rate-limited drain may spend spreading its closes; the rest is
+# for the last closes (all at once) and their handlers recording the disconnects.
+DRAIN_SHARE_OF_SHUTDOWN = 0.5
 
 
 def client_certificate_cn(connection: ServerConnection) -> str | None:
@@ -74,6 +81,7 @@ class GatewayLimits:
     rejected_frame_log_interval_s: float
     rejected_frame_log_burst: int
     websocket_max_queue_frames: int
+    max_connections: int
 
 
 class Gateway:
@@ -84,7 +92,8 @@ class Gateway:
                  ssl_context: ssl.SSLContext | None = None,
                  tolerant_models: frozenset[tuple[str, str]] = frozenset(),
                  validate_responses: bool = False,
-                 connection_epochs: Callable[[str], Awaitable[int | None]] | None = None) -> None:
+                 connection_epochs: Callable[[str], Awaitable[int | None]] | None = None,
+                 reuse_port: bool = False, drain_rate_per_s: float = 0.0) -> None:
         self._host = host
         self._port = port
         self._base_path = base_path
@@ -98,7 +107,11 @@ class Gateway:
         self._tolerant_models = tolerant_models
         self._validate_responses = validate_responses
         self._connection_epochs = connection_epochs
+        # Workers of one host share the port (SO_REUSEPORT): the kernel spreads new connections over them.
+        self._reuse_port = reuse_port
+        self._drain_rate_per_s = drain_rate_per_s
         self.live = LiveConnections()
+        self.draining = False
         # A command for a charger mid-handshake waits for it (bounded) instead of a 409.
         self._admissions = Admissions()
         # A handshake flood under the rate limit must not write one INFO line per attempt.
@@ -107,6 +120,12 @@ class Gateway:
                                      per_interval=limits.rejected_frame_log_burst)
         self._closers: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
+        # The fleet registry and commands across nodes (fleet.py, remote.py); None: this process alone.
+        self.fleet: FleetDirectory | None = None
+        self.router: CommandRouter | None = None
+
+    def attach_fleet(self, fleet: FleetDirectory, router: CommandRouter) -> None:
+        self.fleet, self.router = fleet, router
 
     @property
     def port(self) -> int:
@@ -117,6 +136,8 @@ class Gateway:
         return self._port
 
     async def start(self) -> None:
+        # Refuses to start when the database's HMAC credentials need a secret this process lacks (item 6).
+        await self._policy.start()
         self._server = await serve(
             self._handle,
             self._host,
@@ -137,6 +158,7 @@ class Gateway:
             max_size=self._limits.max_frame_bytes,
             max_queue=self._limits.websocket_max_queue_frames,
             server_header=None,
+            reuse_port=self._reuse_port,
         )
         logger.info("OCPP websocket server listening on %s://%s:%d%s/<chargePointId>",
                     "wss" if self._ssl else "ws", self._host, self.port, self._base_path.rstrip("/"))
@@ -153,6 +175,10 @@ class Gateway:
         if cp_id is None:
             self._metrics.handshake_failures.labels("bad_path").inc()
             return _http_error(connection, http.HTTPStatus.NOT_FOUND, "unknown path or invalid charge point id")
+        if len(self.live) >= self._limits.max_connections:
+            # Full (open files): the charger retries and, behind SO_REUSEPORT or a balancer, lands elsewhere.
+            self._metrics.handshake_failures.labels("at_capacity").inc()
+            return _http_error(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "at capacity", {"Retry-After": "5"})
         source = str(connection.remote_address[0]) if connection.remote_address else ""
         try:
             verdict = await self._policy.check(charge_point_id=cp_id, source=source,
@@ -201,6 +227,15 @@ class Gateway:
         """Every charger connected to this process."""
         return self.live.all()
 
+    def close_older(self, charge_point_id: str, below_epoch: int) -> bool:
+        """Close the charger's socket here if older than ``below_epoch`` (it has a newer one elsewhere, R28)."""
+        conn = self.live.get(charge_point_id)
+        if conn is None or conn.connection_epoch is None or conn.connection_epoch >= below_epoch:
+            return False
+        self.live.remove(conn)
+        self._close_replaced(conn)
+        return True
+
     async def _prime_open_transactions(self, state: ProtocolState) -> None:
         """Without this, events after a reconnect that omit ``evse`` land on EVSE 0 (flagged)."""
         for uid, evse in (await self._services.open_transactions(state.charge_point_id)).items():
@@ -236,6 +271,8 @@ class Gateway:
             remote=str(websocket.remote_address[0]) if websocket.remote_address else "", connection_epoch=epoch)
         # Registered before any await: a charger whose socket is open is reachable at once.
         old = self.live.add(conn)
+        if self.fleet is not None:
+            self.fleet.registered(conn)  # queued; written to the fleet registry by its own task
         self._admissions.done(admission)
         self._metrics.connections_opened.labels(version).inc()
         self._metrics.connected.labels(version).inc()
@@ -247,7 +284,8 @@ class Gateway:
                 # and its close may take the whole close timeout: it must not delay this one.
                 logger.info("charge point %s reconnected; closing its previous connection", cp_id)
                 self._close_replaced(old)
-            await self._record(cp_id, "connected", "", version, epoch)
+            # At the time the registry row has: a node-loss "disconnected" is never before it.
+            await self._record(cp_id, "connected", "", version, epoch, at=conn.connected_at)
             if version != "1.6":
                 # Before the first frame is read; without it, events after a reconnect that
                 # omit ``evse`` land on EVSE 0 (flagged; E01.FR.16).
@@ -265,6 +303,8 @@ class Gateway:
             self._metrics.connected.labels(version).dec()
             self._metrics.connections_closed.labels(reason).inc()
             self.live.remove(conn)
+            if self.fleet is not None:
+                self.fleet.unregistered(conn)
             await self._record(cp_id, "disconnected", reason, version, epoch)
 
     def _close_replaced(self, old: ChargerConnection) -> None:
@@ -274,41 +314,78 @@ class Gateway:
         self._closers.add(task)
         task.add_done_callback(self._closer_done)
 
+    def _close_going_away(self, conn: ChargerConnection, closing: set[int]) -> None:
+        if id(conn) in closing:
+            return
+        closing.add(id(conn))
+        task = asyncio.create_task(conn.socket.close(1001, "server shutting down"),
+                                   name=f"ocpp-close-{conn.charge_point_id}")
+        self._closers.add(task)
+        task.add_done_callback(self._closer_done)
+
     def _closer_done(self, task: asyncio.Task[None]) -> None:
         self._closers.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.debug("closing a replaced connection failed: %s", task.exception())
 
-    async def _record(self, cp_id: str, event: str, reason: str, version: str, epoch: int | None) -> None:
+    async def _record(self, cp_id: str, event: str, reason: str, version: str, epoch: int | None,
+                      at: datetime | None = None) -> None:
         now = datetime.now(UTC)
-        ev = ConnectionEvent(charge_point_id=cp_id, received_at=now, time=now, event=event,  # type: ignore[arg-type]
+        ev = ConnectionEvent(charge_point_id=cp_id, received_at=now, time=at or now, event=event,  # type: ignore[arg-type]
                              reason=reason, node_id=self._node_id, ocpp_version=version, connection_epoch=epoch)
         try:
             await self._bus.publish([ev])
         except BusError as exc:
             logger.warning("could not record %s of %s: %s", event, cp_id, exc)
 
+    @property
+    def credentials(self) -> CredentialSecret:
+        """The secret generated charger passwords are stored under (for registrations through the API)."""
+        return self._policy.credentials
+
     def forget_credentials(self, charge_point_id: str) -> None:
         """Drop cached credential checks after the charger's credentials changed."""
         self._policy.verifier.forget(charge_point_id)
 
     async def close(self, *, timeout_s: float) -> None:
-        """Stop accepting, close every connection with 1001 (going away), wait for handlers."""
+        """Stop accepting, close every connection with 1001 (going away), wait for handlers; all
+        within ``timeout_s``.
+
+        With ``drain_rate_per_s`` the closes are spread, at most that many per second, over at most
+        half of ``timeout_s`` (a rolling restart: the chargers reconnect to the other nodes with
+        their own jittered back-off, 2.0.1 B10 RetryBackOff*, instead of all at the same moment);
+        what is still open then is closed at once, and the handlers get the rest of ``timeout_s``
+        to record their disconnects.
+        """
         if self._server is None:
             return
+        self.draining = True   # /readyz answers 503 from now on: load balancers stop sending chargers here
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         self._server.close(close_connections=False)
-        conns = self.live.all()
-        await asyncio.gather(*(c.socket.close(1001, "server shutting down") for c in conns),
-                             return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), timeout_s)
-        for task in list(self._closers):
-            task.cancel()
-        if self._closers:
-            await asyncio.wait(self._closers)
-        self._policy.close()   # the KDF threads: no handshake can need them any more
-        self._refusals.flush()
-        self._server = None
+        closing: set[int] = set()
+        try:
+            if self._drain_rate_per_s > 0:
+                drain_until = loop.time() + timeout_s * DRAIN_SHARE_OF_SHUTDOWN
+                for conn in self.live.all():
+                    now = loop.time()
+                    if now >= drain_until:
+                        break
+                    if self.live.get(conn.charge_point_id) is conn:  # not gone or replaced meanwhile
+                        self._close_going_away(conn, closing)
+                        await asyncio.sleep(min(1.0 / self._drain_rate_per_s, drain_until - now))
+            for conn in self.live.all():
+                self._close_going_away(conn, closing)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), max(0.0, deadline - loop.time()))
+        finally:  # also when the caller's own timeout for this step cancels us first
+            for task in list(self._closers):
+                task.cancel()
+            if self._closers:
+                await asyncio.wait(self._closers)
+            self._policy.close()   # the KDF threads: no handshake can need them any more
+            self._refusals.flush()
+            self._server = None
 
 
 def _http_error(connection: ServerConnection, status: http.HTTPStatus, text: str,

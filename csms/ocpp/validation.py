@@ -157,9 +157,3 @@ def validate(version: str, action: str, payload: dict[str, Any], *, response: bo
         compiled(version, action, response)(payload)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise schema_error(exc) from None
-
-
-def warm_up(version: str, actions: frozenset[str]) -> None:
-    """Compile the request schemas of ``actions`` now, e.g. at start-up off the event loop."""
-    for action in actions:
-        compiled(version, action, False)

@@ -22,9 +22,12 @@ from datetime import date, datetime
 import asyncpg
 
 from csms.run.central import migrate
+from csms.run.compose import credential_secret
 from csms.run.embedded_pg import EmbeddedPostgres
+from csms.security.credentials import SLOW_HASH_WARNING
+from csms.security.secret import CredentialSecret
 from csms.store import countries
-from csms.store.chargers import set_admission, set_password
+from csms.store.chargers import set_admission, set_generated_password, set_password
 from csms.store.registry import (
     UNSET,
     ChargePointSpec,
@@ -108,8 +111,10 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     add.add_argument("--format", choices=("SOCKET", "CABLE"), default=UNSET,
                      help="default CABLE for DC and Type 1, SOCKET for Type 2 / GB/T AC")
     add.add_argument("--cable", dest="format", action="store_const", const="CABLE", help="the same as --format CABLE")
-    add.add_argument("--password", help="Basic-auth password (16–64 characters); generated when the charger "
-                                        "has none (new charger, profile 1 or 2)")
+    add.add_argument("--password", help="Basic-auth password (16–64 characters), stored as Argon2id (slow at "
+                                        "every first login); generated when the charger has none (new charger, "
+                                        "profile 1 or 2): 240 bits, stored as HMAC-SHA-256 under the "
+                                        "credential secret")
     add.add_argument("--security-profile", type=int, choices=(0, 1, 2, 3), default=UNSET, help="default 1")
     add.add_argument("--admission", choices=("accept", "pending", "reject"), default=UNSET, help="default accept")
     add.add_argument("--tolerant", action=_BOOL, default=UNSET, help="tolerate (and flag) schema violations")
@@ -120,7 +125,10 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     add_setting_flags(add, role="admin")
     pw = cp_sub.add_parser("set-password", help="replace a charge point's Basic-auth password")
     pw.add_argument("id")
-    pw.add_argument("--password", required=True)
+    new_pw = pw.add_mutually_exclusive_group(required=True)
+    new_pw.add_argument("--password", help="the operator's password (Argon2id)")
+    new_pw.add_argument("--generate", action="store_true",
+                        help="generate one (printed once; HMAC-SHA-256 under the credential secret)")
     add_setting_flags(pw, role="admin")
     for verb in ("accept", "reject", "pending"):
         p = cp_sub.add_parser(verb, help=f"set the BootNotification answer to {verb}")
@@ -189,7 +197,7 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     async with registry_database(settings) as pool:
         try:
             if args.command == "charge-points":
-                return await _charge_points(args, pool)
+                return await _charge_points(args, pool, credential_secret(settings))
             if args.command == "locations":
                 return await _add_location(args, pool)
             saved = await add_id_token(pool, args.token, status=args.status, token_type=args.token_type,
@@ -218,7 +226,7 @@ async def _add_location(args: argparse.Namespace, pool: asyncpg.Pool) -> int:
     return 0
 
 
-async def _add_charge_point(args: argparse.Namespace, pool: asyncpg.Pool) -> int:
+async def _add_charge_point(args: argparse.Namespace, pool: asyncpg.Pool, secret: CredentialSecret) -> int:
     layout = await port_layout(pool, args.id)
     connector_given = any(v is not UNSET for v in (args.standard, args.format, args.power_type, args.rated_power_w))
     port_given = args.operational_since is not UNSET or args.federally_funded is not UNSET
@@ -251,25 +259,38 @@ async def _add_charge_point(args: argparse.Namespace, pool: asyncpg.Pool) -> int
                               operational_since=args.operational_since))
     generated = await add_charge_point(pool, ChargePointSpec(
         id=args.id, location_id=args.location_id, evses=tuple(evses) if evses else UNSET, password=args.password,
-        security_profile=args.security_profile, admission=args.admission, tolerant=args.tolerant))
+        security_profile=args.security_profile, admission=args.admission, tolerant=args.tolerant),
+        credentials=secret)
     if layout is None:
         print(f"charge point {args.id} registered with {len(evses)} EVSE(s)")
     else:
         print(f"charge point {args.id} updated ({len(evses)} EVSE(s) touched; options not given are unchanged)")
     if generated:
-        # Shown once; only its Argon2id hash is stored.
+        # Shown once; only its HMAC is stored.
         print(f"password: {generated}")
+    if args.password is not None:
+        print(f"csms: warning: {SLOW_HASH_WARNING}", file=sys.stderr)
     return 0
 
 
-async def _charge_points(args: argparse.Namespace, pool: asyncpg.Pool) -> int:
+async def _charge_points(args: argparse.Namespace, pool: asyncpg.Pool, secret: CredentialSecret) -> int:
     if args.action == "add":
-        return await _add_charge_point(args, pool)
+        return await _add_charge_point(args, pool, secret)
     if args.action == "set-password":
-        if not await set_password(pool, args.id, args.password):
+        generated: str | None = None
+        if args.generate:
+            generated = await set_generated_password(pool, args.id, secret)
+            found = generated is not None
+        else:
+            found = await set_password(pool, args.id, args.password)
+        if not found:
             print(f"csms: no charge point {args.id}", file=sys.stderr)
             return 1
         print(f"password of {args.id} replaced")
+        if generated is not None:
+            print(f"password: {generated}")   # shown once; only its HMAC is stored
+        else:
+            print(f"csms: warning: {SLOW_HASH_WARNING}", file=sys.stderr)
         return 0
     if args.action in ("accept", "reject", "pending"):
         if not await set_admission(pool, args.id, args.action):

@@ -24,11 +24,14 @@ from csms.bus.inprocess import InProcessBus
 from csms.bus.metrics import BusMetrics
 from csms.bus.mqtt import MqttBus
 from csms.common.errors import ConfigurationError
+from csms.gateway.metrics import ProcessLabelledRegistry
 from csms.gateway.server import Gateway
 from csms.run.compose import build_gateway
 from csms.run.embedded_pg import EmbeddedPostgres
-from csms.run.http_server import HttpServer
+from csms.run.fleet import Fleet, start_fleet
+from csms.run.http_server import HttpServer, metrics_app
 from csms.run.roles import load_ingest_role
+from csms.run.workers import WorkerSlot
 from csms.store.metrics import register_pool_metrics
 from schemas.bus import Bus
 from schemas.migrate import apply_migrations
@@ -78,9 +81,12 @@ async def _step(name: str, timeout_s: float) -> AsyncIterator[None]:
 class CentralSystem:
     """``csms run`` (embedded database, in-process ingest) and ``csms serve`` (gateway + API)."""
 
-    def __init__(self, settings: Settings, *, embedded: bool) -> None:
+    def __init__(self, settings: Settings, *, embedded: bool, worker: WorkerSlot | None = None) -> None:
         self.settings = settings
         self.embedded = embedded
+        # One of the gateway workers of a host (csms run|serve --workers N): shared ports, own metrics port.
+        self.worker = worker
+        self.metrics_http: HttpServer | None = None
         self.metrics = CollectorRegistry()
         self.database_url: str | None = settings.database_url
         self.pg: EmbeddedPostgres | None = None
@@ -88,6 +94,7 @@ class CentralSystem:
         self.bus: Bus | None = None
         self.sink: ClosableSink | None = None
         self.gateway: Gateway | None = None
+        self.fleet: Fleet | None = None
         self.http: HttpServer | None = None
         self._worker_stop = asyncio.Event()
         self._worker_task: asyncio.Task[None] | None = None
@@ -124,24 +131,48 @@ class CentralSystem:
             self.bus = InProcessBus(sink=self.sink, max_batch_rows=s.ingest_batch_max_rows,
                                     max_pending_rows=s.inprocess_bus_max_pending_rows)
         await self.bus.start()
-        self.gateway = build_gateway(s, pool=self.pool, bus=self.bus, metrics=self.metrics)
+        self.gateway = build_gateway(s, pool=self.pool, bus=self.bus, metrics=self.metrics,
+                                     reuse_port=self.worker is not None)
+        # The fleet registry and commands across nodes; before the first charger is accepted.
+        self.fleet = await start_fleet(s, pool=self.pool, bus=self.bus, gateway=self.gateway, metrics=self.metrics)
         await self.gateway.start()
-        app = create_app(metrics=self.metrics, api_token=load_or_create_api_token(s), health=self.health,
+        exported = ProcessLabelledRegistry(self.metrics, self.worker.labels) if self.worker else self.metrics
+        app = create_app(metrics=exported, api_token=load_or_create_api_token(s), health=self.health,
+                         ready=self.readiness,
                          pool=self.pool, gateway=self.gateway, ocpi_token=s.ocpi_token,
                          ocpi_country_code=s.ocpi_country_code, ocpi_party_id=s.ocpi_party_id)
         self.http = HttpServer(app=app, host=s.http_host, port=s.http_port,
-                               graceful_shutdown_s=s.http_graceful_shutdown_s)
+                               graceful_shutdown_s=s.http_graceful_shutdown_s, reuse_port=self.worker is not None)
         await self.http.start(timeout_s=s.http_start_timeout_s)
+        if self.worker is not None:
+            self.metrics_http = HttpServer(app=metrics_app(exported, self.health, self.readiness), host=s.http_host,
+                                           port=self.worker.metrics_port,
+                                           graceful_shutdown_s=s.http_graceful_shutdown_s)
+            await self.metrics_http.start(timeout_s=s.http_start_timeout_s)
         logger.info("HTTP API on http://%s:%d (healthz, metrics, /api/v1)", s.http_host, self.http.port)
         self.ready.set()
 
     async def health(self) -> dict[str, Any]:
-        db_ok = False
-        if self.pool is not None:
-            with contextlib.suppress(Exception):
-                db_ok = await self.pool.fetchval("SELECT 1", timeout=2) == 1
-        return {"ok": db_ok, "database": db_ok,
+        """Liveness (/healthz): the process answers; what it depends on is reported, not judged, so
+        that a database outage does not make an orchestrator restart every gateway."""
+        db_ok = await self._database_ok()
+        return {"ok": True, "database": db_ok,
                 "chargers_connected": len(self.gateway.live) if self.gateway else 0}
+
+    async def readiness(self) -> dict[str, Any]:
+        """Readiness (/readyz): this node can take chargers now — database reachable, the MQTT bus
+        connected (with --mqtt-url), and not draining."""
+        db_ok = await self._database_ok()
+        bus_ok = self.bus.connected if isinstance(self.bus, MqttBus) else self.bus is not None
+        draining = self.gateway.draining if self.gateway else True
+        return {"ok": db_ok and bus_ok and not draining, "database": db_ok, "bus": bus_ok, "draining": draining}
+
+    async def _database_ok(self) -> bool:
+        if self.pool is None:
+            return False
+        with contextlib.suppress(Exception):
+            return bool(await self.pool.fetchval("SELECT 1", timeout=2) == 1)
+        return False
 
     async def stop(self) -> None:
         logger.info("stopping: chargers, HTTP, bus, ingest, database (each within %.0f s)",
@@ -149,7 +180,9 @@ class CentralSystem:
         t = self.settings.shutdown_timeout_s
         steps: list[tuple[str, Callable[[], Awaitable[Any]] | None]] = [
             ("gateway", (lambda: self.gateway.close(timeout_s=t)) if self.gateway else None),  # type: ignore[union-attr]
+            ("fleet", (lambda: self.fleet.stop(timeout_s=t)) if self.fleet else None),  # type: ignore[union-attr]
             ("http", self.http.stop if self.http else None),
+            ("metrics-http", self.metrics_http.stop if self.metrics_http else None),
             ("bus", self.bus.close if self.bus else None),
             ("ingest-worker", self._stop_worker if self._worker_task else None),
             ("ingest-sink", self.sink.close if self.sink else None),

@@ -31,14 +31,17 @@ async def run_ingest(settings: Settings, stop_event: asyncio.Event) -> None:
     build = Info("csms_build", "Build information", registry=metrics)
     build.info({"version": __version__, "role": "ingest"})
 
-    async def health() -> dict[str, Any]:
+    async def ready() -> dict[str, Any]:
         ok = False
         with contextlib.suppress(Exception):
             ok = await pool.fetchval("SELECT 1", timeout=2) == 1
         return {"ok": ok, "database": ok}
 
+    async def health() -> dict[str, Any]:
+        return {**await ready(), "ok": True}   # liveness: the process answers
+
     http = HttpServer(app=create_app(metrics=metrics, api_token=load_or_create_api_token(settings),
-                                     health=health, pool=None, gateway=None),
+                                     health=health, ready=ready, pool=None, gateway=None),
                       host=settings.http_host, port=settings.http_port,
                       graceful_shutdown_s=settings.http_graceful_shutdown_s)
     await http.start(timeout_s=settings.http_start_timeout_s)

@@ -1,4 +1,4 @@
-"""Charger credentials: Argon2id hashes at rest, constant-time checks, a verified cache.
+"""Charger credentials: how passwords are stored and checked, and the verified cache.
 
 Basic auth (security profiles 1 and 2; 1.6 Security Whitepaper §2.3, 2.0.1 A00):
 the username must equal the charge point id and is split from the password at the
@@ -7,9 +7,14 @@ characters; a 1.6 AuthorizationKey is 16–20 bytes shown as up to 40 hex digits
 chargers send either the raw bytes or the hex text (R21 [1.6J §6.2.2, 2.0.1 A00.FR.205]). We store the hash of the
 registered text form and accept the raw-bytes form by hex-encoding it.
 
-Argon2id costs tens of milliseconds on purpose. A reconnect storm would pay that
-per charger, so a successful check is remembered (SHA-256 of the presented password
-against the stored hash, in memory only) and the next identical check costs a hash.
+Two ways to store a password (scale-out issue, item 6):
+
+* a password the system generated (240 bits of entropy, ``generate_password``) is stored as HMAC-SHA-256
+  under a server secret kept outside the database (``csms.security.secret``): checked in microseconds;
+* a password someone chose (an operator's ``--password``, a charger's pinned at onboarding) keeps Argon2id,
+  which costs ~20 ms on purpose: its entropy is unknown. A reconnect storm would pay that per charger, so a
+  successful check is remembered (SHA-256 of the presented password against the stored hash, in memory
+  only) and the next identical check costs a hash. HMAC credentials need no such cache.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import binascii
 import contextlib
 import hashlib
 import hmac
+import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -53,9 +59,33 @@ def pinnable_password(password: bytes) -> str | None:
     return text if MIN_PASSWORD_CHARS <= len(text) <= MAX_PASSWORD_CHARS else None
 
 
+# A generated password: 30 random bytes as URL-safe base64, exactly 40 characters of a 64-symbol alphabet
+# (6 bits each): 240 bits of entropy, the longest a 2.0.1 charger must accept (A00.FR.205: 16–40 characters).
+GENERATED_PASSWORD_BYTES = 30
+GENERATED_PASSWORD_CHARS = 40
+GENERATED_PASSWORD_BITS = GENERATED_PASSWORD_BYTES * 8
+_GENERATED_FORM = re.compile(rf"[A-Za-z0-9_-]{{{GENERATED_PASSWORD_CHARS}}}")
+
+SLOW_HASH_WARNING = (
+    "a password given by an operator is stored as Argon2id (its entropy is unknown): every first login after a "
+    "restart costs ~20 ms of CPU in the KDF pool; leave the password out to get a generated one (HMAC-SHA-256, "
+    "checked in microseconds)")
+
+
 def generate_password() -> str:
-    """A 2.x-compatible password (40 URL-safe characters)."""
-    return secrets.token_urlsafe(30)[:40]
+    """A 2.x-compatible password: 40 URL-safe characters, 240 bits of entropy."""
+    return secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+
+
+def is_generated_form(password: str) -> bool:
+    """The password has exactly the form ``generate_password`` produces: 40 characters of [A-Za-z0-9_-].
+
+    Decides whether a legacy Argon2id credential is re-stored as HMAC after a successful login. The rule can
+    also match a password an operator chose in that form; that is harmless against a leak of the database
+    alone (nothing testable without the secret), and such a 40-character string is almost always
+    machine-made anyway.
+    """
+    return _GENERATED_FORM.fullmatch(password) is not None
 
 
 @dataclass(frozen=True, slots=True)

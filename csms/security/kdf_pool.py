@@ -18,14 +18,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class KdfMetrics:
-    """Metrics of the KDF pool and of onboarding (handshake refusals are counted by cause in
-    csms_handshake_failures_total)."""
+    """Metrics of the KDF pool, of stored credentials and of onboarding (handshake refusals are counted by cause
+    in csms_handshake_failures_total)."""
 
     kdf_queue_depth: Gauge
     kdf_running: Gauge
     kdf_refused: Counter
     kdf_wait_seconds: Histogram
     onboarded: Counter
+    credential_checks: Counter
+    slow_hash: Gauge
+    credentials_migrated: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> KdfMetrics:
@@ -41,6 +44,17 @@ class KdfMetrics:
                                        registry=registry),
             onboarded=Counter("csms_chargers_onboarded_total", "Unknown charge point ids registered by "
                               "--onboard-unknown (credential pinned)", registry=registry),
+            credential_checks=Counter("csms_credential_checks_total", "Charger password checks by how the stored "
+                                      "credential was checked: hmac (microseconds, on the event loop), argon2id "
+                                      "(KDF pool), argon2id_cached (remembered success)", ["scheme"],
+                                      registry=registry),
+            slow_hash=Gauge("csms_chargers_slow_hash", "Chargers whose credential is still an Argon2id hash, by "
+                            "origin (operator: an operator's password; onboarded: pinned at first use; legacy: "
+                            "stored before HMAC credentials, re-stored at its next login if generated); "
+                            "fleet-wide, read from the database", ["origin"], registry=registry),
+            credentials_migrated=Counter("csms_credentials_migrated_total", "Legacy Argon2id credentials re-stored "
+                                         "as HMAC-SHA-256 by this process after a successful login",
+                                         registry=registry),
         )
 
 

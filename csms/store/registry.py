@@ -25,7 +25,9 @@ from asyncpg.pool import PoolConnectionProxy
 
 from csms.ocpp.context import RegistrationStatus
 from csms.security.credentials import generate_password, hash_password
+from csms.security.secret import CredentialSecret
 from csms.store import countries
+from csms.store.chargers import writing_key
 
 logger = logging.getLogger(__name__)
 
@@ -238,17 +240,19 @@ async def port_layout(db: Db, charge_point_id: str) -> dict[int, list[int]] | No
     return layout
 
 
-async def add_charge_point(pool: asyncpg.Pool, spec: ChargePointSpec) -> str | None:
+async def add_charge_point(pool: asyncpg.Pool, spec: ChargePointSpec, *,
+                           credentials: CredentialSecret | None = None) -> str | None:
     """Register a charge point, or change the given fields of an existing one (UNSET fields, and a password
     that is not given, are kept); return the generated password, if one was generated.
 
-    A password is generated only when the charger has none and its profile (1 or 2) needs one.
+    A password is generated only when the charger has none and its profile (1 or 2) needs one; it is stored as
+    HMAC-SHA-256 under ``credentials`` (required then). An operator's password is stored as Argon2id.
     """
     credential_hash = None if spec.password is None else await asyncio.to_thread(hash_password, spec.password)
     generated = None
     async with _locked(pool, f"charge_point:{spec.id}") as conn:
-        row = await conn.fetchrow("SELECT location_id, credential_hash, security_profile, admission, tolerant "
-                                  "FROM charge_points WHERE id = $1", spec.id)
+        row = await conn.fetchrow("SELECT location_id, credential_hash, security_profile, admission, tolerant, "
+                                  "credential_origin FROM charge_points WHERE id = $1", spec.id)
         old = None if row is None else dict(row)
         location_id = _given(spec.location_id, old["location_id"] if old else None)
         country, zone = None, "UTC"
@@ -261,20 +265,28 @@ async def add_charge_point(pool: asyncpg.Pool, spec: ChargePointSpec) -> str | N
                "credential_hash": credential_hash or (old["credential_hash"] if old else None),
                "security_profile": _given(spec.security_profile, old["security_profile"] if old else 1),
                "admission": _given(spec.admission, old["admission"] if old else "accept"),
-               "tolerant": _given(spec.tolerant, old["tolerant"] if old else False)}
+               "tolerant": _given(spec.tolerant, old["tolerant"] if old else False),
+               "credential_origin": "operator" if credential_hash else (old["credential_origin"] if old else None)}
         if new["credential_hash"] is None and new["security_profile"] in (1, 2):
+            if credentials is None:
+                raise RegistryError("generating a charger password needs the credential secret "
+                                    "(credential_secret / credential_secret_file); or give a password")
+            # 240 random bits: HMAC under the server secret, no key stretching (csms.security.secret).
+            key = await writing_key(conn, credentials)
             generated = generate_password()
-            new["credential_hash"] = await asyncio.to_thread(hash_password, generated)
+            new["credential_hash"] = key.digest(spec.id, generated)
+            new["credential_origin"] = "generated"
         if old is None:
             await conn.execute(
                 """INSERT INTO charge_points (id, location_id, credential_hash, security_profile, admission,
-                                              tolerant, vendor, model, registration_status)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'Pending')""",
+                                              tolerant, credential_origin, vendor, model, registration_status)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'Pending')""",
                 spec.id, *new.values(), spec.vendor, spec.model)
         elif new != old:
             await conn.execute(
                 """UPDATE charge_points SET location_id = $2, credential_hash = $3, security_profile = $4,
-                          admission = $5, tolerant = $6, updated_at = now() WHERE id = $1""",
+                          admission = $5, tolerant = $6, credential_origin = $7, updated_at = now()
+                   WHERE id = $1""",
                 spec.id, *new.values())
         evses = _given(spec.evses, (EvseSpec(1),) if old is None else ())
         for evse in evses:
