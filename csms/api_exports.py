@@ -4,8 +4,10 @@ statement and the sessions CSV (generic, or the EV Charging Use Spec session tab
 The statement's energy is the utilization reports' energy (one rule: register samples
 interpolated linearly, ``schemas.port_state.session_energy``), read per port and station-local
 day from the roll-up (``port_state_day.energy_wh``/``energy_solar_wh``), with only what the
-roll-up lacks yet computed from raw rows. The sessions CSV is streamed from a server-side
-cursor, a batch at a time, so a 400-day export never sits in memory.
+roll-up lacks yet computed from raw rows. The sessions CSV is streamed from COPY a slice of the
+window at a time (``csms.reporting.csv_stream``), so a 400-day export never sits in memory; each
+session's peak power and SoC come from the roll-up's per-session summary where it is settled
+(``csms.reporting.session_rows``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from csms.reporting import FORMULA_VERSION, csv_stream, energy_statement, evchart, evchart_sessions
+from csms.reporting import FORMULA_VERSION, csv_stream, energy_statement, evchart, evchart_sessions, session_rows
 from csms.reporting.usage import PortRef, period_energy
-from schemas.port_state import MIN_SUCCESS_WH, UNTRUSTED_REGISTER_FLAGS
+from schemas.port_state import MIN_SUCCESS_WH
 
 MAX_WINDOW = timedelta(days=400)
 MAX_RATE_PER_KWH = 1000.0
@@ -131,8 +133,6 @@ async def _locations(db: asyncpg.Pool, ids: list[str] | None) -> list[asyncpg.Re
 
 
 # --- India site energy statement: energy per port ------------------------------------------------
-# Samples that cannot be trusted as readings (SoC here; register samples: schemas.port_state).
-BAD_SAMPLE_FLAGS = UNTRUSTED_REGISTER_FLAGS
 Site = tuple[str, tuple[datetime, datetime]]  # IANA zone, period [start, end) in UTC
 
 _SITE_PORTS_SQL = """
@@ -186,67 +186,56 @@ ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
 EVCU_UTC = 'YYYYMMDD HH24:MI:SS "[+00:00]"'  # the specification's "YYYYMMDD hh:mm:ss [+hh:mm]", in UTC
 _T = csv_stream.text
 
-# A slice of sessions ($1/$2 started_at, $3 location ids or NULL): how many, and the last stop (the
-# latest sample their peak power and SoC need).
-SESSION_BOUNDS_SQL = """
-SELECT count(*) AS n, max(t.stopped_at) AS upper FROM transactions t JOIN charge_points c ON c.id = t.charge_point_id
-WHERE t.started_at >= $1 AND t.started_at < $2 AND ($3::text[] IS NULL OR c.location_id = ANY($3::text[]))
-"""
+# A slice of sessions ($1/$2 started_at, $3 location ids or NULL), with the peak power and first/last SoC
+# of each finished session (``csms.reporting.session_rows``: the roll-up's summary, or its samples inside
+# [start, stop]); every column formatted by PostgreSQL.
+_LOCATIONS = "AND ($3::text[] IS NULL OR c.location_id = ANY($3::text[]))"
+SESSION_BOUNDS_SQL = session_rows.bounds_sql(where=_LOCATIONS)
+_FIELDS = ("t.evse_id, t.connector_id, t.stop_reason, t.energy_wh, t.meter_start_wh, t.meter_stop_wh, "
+           "t.ocpp16_transaction_id, t.id_token, c.location_id, c.ocpp_version AS cp_version, "
+           "round(extract(epoch FROM t.stopped_at - t.started_at))::bigint AS seconds, "
+           "CASE WHEN t.stopped_at IS NOT NULL THEN round(t.energy_wh / 1000, 3) END AS kwh")
+_OUTER = """LEFT JOIN evses e ON e.charge_point_id = f.charge_point_id AND e.evse_id = f.evse_id
+LEFT JOIN id_tokens tok ON tok.id_token = f.id_token"""
 
-# The slice's sessions ($1/$2, $3 the last stop, $4 location ids or NULL, $5 BAD_SAMPLE_FLAGS for SoC):
-# peak power and first/last SoC of each finished session from its samples inside [start, stop], in one
-# pass over the slice's chunks; then every column formatted by PostgreSQL.
-_SESSION_ROWS = """
-WITH t AS MATERIALIZED (
-    SELECT t.*, c.location_id, c.ocpp_version AS cp_version, tok.token_type, e.uid AS evse_uid,
-           round(extract(epoch FROM t.stopped_at - t.started_at))::bigint AS seconds,
-           CASE WHEN t.stopped_at IS NOT NULL THEN round(t.energy_wh / 1000, 3) END AS kwh
-    FROM transactions t JOIN charge_points c ON c.id = t.charge_point_id
-    LEFT JOIN evses e ON e.charge_point_id = t.charge_point_id AND e.evse_id = t.evse_id
-    LEFT JOIN id_tokens tok ON tok.id_token = t.id_token
-    WHERE t.started_at >= $1 AND t.started_at < $2 AND ($4::text[] IS NULL OR c.location_id = ANY($4::text[]))),
-x AS (
-    SELECT t.charge_point_id, t.transaction_uid,
-           max(m.value) FILTER (WHERE m.measurand = 'Power.Active.Import') / 1000 AS peak_kw,
-           -- the first and the last SoC: min/max of (time, value) pairs, which a hash aggregate can do
-           (min(ARRAY[extract(epoch FROM m.time)::float8, m.value])
-                FILTER (WHERE m.measurand = 'SoC' AND m.quality_flags & $5 = 0))[2] AS start_soc,
-           (max(ARRAY[extract(epoch FROM m.time)::float8, m.value])
-                FILTER (WHERE m.measurand = 'SoC' AND m.quality_flags & $5 = 0))[2] AS end_soc
-    FROM t JOIN meter_samples m ON m.charge_point_id = t.charge_point_id AND m.transaction_uid = t.transaction_uid
-        AND m.time >= t.started_at AND m.time <= t.stopped_at
-    WHERE m.time >= $1 AND m.time <= $3 AND m.measurand IN ('Power.Active.Import', 'SoC') AND m.phase = ''
-    GROUP BY 1, 2)
-SELECT {columns}
-FROM t LEFT JOIN x ON x.charge_point_id = t.charge_point_id AND x.transaction_uid = t.transaction_uid
-ORDER BY t.started_at, t.charge_point_id, t.transaction_uid
-"""
+
+def _session_rows(columns: tuple[str, ...]) -> tuple[str, str]:
+    return session_rows.rows_sql(fields=_FIELDS, columns=", ".join(columns), n_args=1, where=_LOCATIONS,
+                                 outer_joins=_OUTER)
+
+
+def _finished(sql: str) -> str:
+    """A figure of a finished session (an open one has none yet)."""
+    return f"CASE WHEN f.stopped_at IS NOT NULL THEN {sql} END"
+
+
 _OTHER = "'other'"
-_PAYMENT = f"CASE WHEN t.token_type <> '' THEN {evchart_sessions.payment_sql('t.token_type', _OTHER)} END"
-_PEAK = "round(x.peak_kw::numeric, 3)"
-GENERIC_ROWS_SQL = _SESSION_ROWS.format(columns=", ".join((
-    _T("t.transaction_uid"), _T("t.charge_point_id"), _T("t.evse_uid"), "t.evse_id", "t.connector_id",
-    _T("t.location_id"), _T("t.token_type"), _PAYMENT, f"to_char(t.started_at AT TIME ZONE 'UTC', '{ISO_UTC}')",
-    f"to_char(t.stopped_at AT TIME ZONE 'UTC', '{ISO_UTC}')", "t.seconds", "t.kwh", "t.meter_start_wh",
-    "t.meter_stop_wh", _PEAK, _T("t.stop_reason"),
-    _T("CASE WHEN t.ocpp16_transaction_id IS NOT NULL THEN '1.6' ELSE COALESCE(NULLIF(t.cp_version, '1.6'), '') END"))))
+_PAYMENT = f"CASE WHEN tok.token_type <> '' THEN {evchart_sessions.payment_sql('tok.token_type', _OTHER)} END"
+_PEAK = _finished("round((f.peak_power_w / 1000)::numeric, 3)")
+GENERIC_ROWS_SQL = _session_rows((
+    # a charge point id is printable and never empty (csms.ocpp.identity): no line-break check
+    _T("f.transaction_uid"), "f.charge_point_id", _T("e.uid"), "f.evse_id", "f.connector_id",
+    _T("f.location_id"), _T("tok.token_type"), _PAYMENT, f"to_char(f.started_at AT TIME ZONE 'UTC', '{ISO_UTC}')",
+    f"to_char(f.stopped_at AT TIME ZONE 'UTC', '{ISO_UTC}')", "f.seconds", "f.kwh", "f.meter_start_wh",
+    "f.meter_stop_wh", _PEAK, _T("f.stop_reason"),
+    _T("CASE WHEN f.ocpp16_transaction_id IS NOT NULL THEN '1.6' ELSE COALESCE(NULLIF(f.cp_version, '1.6'), '') END")))
 
 
 def _two(sql: str) -> str:
     return f"CASE WHEN {sql} < 10 THEN '0' ELSE '' END || ({sql})::text"
 
 
-_HMS = (f"CASE WHEN t.seconds >= 0 THEN {_two('t.seconds / 3600')} || ':' || {_two('t.seconds % 3600 / 60')} || ':' "
-        f"|| {_two('t.seconds % 60')} END")
-_SUCCESS = (f"CASE WHEN t.stopped_at IS NULL THEN NULL WHEN t.stop_reason = ANY({evchart_sessions.failed_sql()}) "
-            f"OR t.kwh * 1000 < {MIN_SUCCESS_WH} THEN 'FALSE' ELSE 'TRUE' END")
-EVCU_ROWS_SQL = _SESSION_ROWS.format(columns=", ".join((
-    _T("t.transaction_uid"), _T("t.charge_point_id"), "t.evse_id",
-    f"to_char(t.started_at AT TIME ZONE 'UTC', '{EVCU_UTC}')",
-    f"to_char(t.stopped_at AT TIME ZONE 'UTC', '{EVCU_UTC}')",
-    "NULL", _HMS, "NULL", "CASE WHEN t.kwh >= 0 THEN t.kwh END", _PEAK, "NULL", "NULL", "NULL", "NULL", "NULL",
-    _PAYMENT, "NULL", _SUCCESS, _T("t.stop_reason"), "round((x.start_soc / 100)::numeric, 3)",
-    "round((x.end_soc / 100)::numeric, 3)")))
+_HMS = (f"CASE WHEN f.seconds >= 0 THEN {_two('f.seconds / 3600')} || ':' || {_two('f.seconds % 3600 / 60')} || ':' "
+        f"|| {_two('f.seconds % 60')} END")
+_SUCCESS = (f"CASE WHEN f.stopped_at IS NULL THEN NULL WHEN f.stop_reason = ANY({evchart_sessions.failed_sql()}) "
+            f"OR f.kwh * 1000 < {MIN_SUCCESS_WH} THEN 'FALSE' ELSE 'TRUE' END")
+EVCU_ROWS_SQL = _session_rows((
+    _T("f.transaction_uid"), "f.charge_point_id", "f.evse_id",
+    f"to_char(f.started_at AT TIME ZONE 'UTC', '{EVCU_UTC}')",
+    f"to_char(f.stopped_at AT TIME ZONE 'UTC', '{EVCU_UTC}')",
+    "NULL", _HMS, "NULL", "CASE WHEN f.kwh >= 0 THEN f.kwh END", _PEAK, "NULL", "NULL", "NULL", "NULL", "NULL",
+    _PAYMENT, "NULL", _SUCCESS, _T("f.stop_reason"), _finished("round((f.start_soc / 100)::numeric, 3)"),
+    _finished("round((f.end_soc / 100)::numeric, 3)")))
 
 
 def stream_sessions(db: asyncpg.Pool, window: tuple[datetime, datetime], ids: list[str] | None,
@@ -255,7 +244,7 @@ def stream_sessions(db: asyncpg.Pool, window: tuple[datetime, datetime], ids: li
     generic = schema == "generic"
     return csv_stream.stream(db, columns=GENERIC_COLUMNS if generic else EVCU_COLUMNS, window=window,
                              bounds_sql=SESSION_BOUNDS_SQL, bounds_args=(ids,),
-                             rows_sql=GENERIC_ROWS_SQL if generic else EVCU_ROWS_SQL, args=(ids, BAD_SAMPLE_FLAGS))
+                             rows_sql=GENERIC_ROWS_SQL if generic else EVCU_ROWS_SQL, args=(ids,))
 
 
 # --- India site energy statement: the answer --------------------------------------------------------

@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
@@ -234,8 +234,16 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
 
     @router.get("/exports/ev-chart/module-2.csv", response_class=Response)
     async def evchart_module_2(year: Year, quarter: Quarter, network_provider: Provider = "other") -> Response:
-        """EV-ChART module 2: one row per session that started in the quarter (UTC), streamed."""
-        body = evchart_sessions.stream_module_2(db(), evchart.quarter_bounds(year, quarter), network_provider)
+        """EV-ChART module 2: one row per session that started in the quarter at its station
+        (station-local quarter, as modules 3 and 4; times in UTC), in start order, streamed."""
+        quarters = {}
+        for zone in await evchart_sessions.station_zones(db()):
+            try:
+                quarters[zone] = evchart.quarter_bounds(year, quarter, zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise HTTPException(status.HTTP_409_CONFLICT, f"unknown IANA time zone {zone[:64]!r} at a "
+                                    "location: fix the registry") from None
+        body = evchart_sessions.stream_module_2(db(), quarters, network_provider)
         filename = f"module2_{year}_Q{quarter}.csv"
         return StreamingResponse(body, media_type="text/csv; charset=utf-8",
                                  headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
 from csms.reporting import FORMULA_VERSION, round2
 from csms.reporting.calendar import WindowError, hour_of_week, report_bounds, requested_window
-from csms.reporting.fleet import FleetPort, PortKey, computed_part, fleet_ports
+from csms.reporting.fleet import READ_CONCURRENCY, FleetPort, PortKey, computed_part, fleet_ports
 from csms.reporting.hours import opening_intervals
 from csms.reporting.queries import known_since_of
 from csms.reporting.usage import BucketUsage, PortRef, usage
@@ -310,13 +310,21 @@ def build_utilization_router(*, db: Any) -> APIRouter:
             zone = ZoneInfo(next(iter(by_zone), "UTC"))
             return {**await report(ports, requested, bucket, basis, zone, False), "time_zone": "station"}
         merged: dict[str, _Bucket] = {}
+        reads = asyncio.Semaphore(READ_CONCURRENCY)   # the zones are computed a few at once, on the pool
+
+        async def zone_part(zone_name: str, members: list[FleetPort],
+                            f: _Frame) -> tuple[ZoneInfo, list[_Bucket], BucketUsage]:
+            zone = ZoneInfo(zone_name)
+            async with reads:
+                # Percentiles of different zones' buckets do not combine (_add drops them): not computed.
+                return (zone, *await buckets_of(members, f, bucket, basis, zone, with_idle=False))
+
         async with frame(ports, requested) as f:
             total = BucketUsage(requested[0], f.computed[1], ports=len(ports))
-            parts = []
-            for zone_name, members in by_zone.items():
-                zone = ZoneInfo(zone_name)
-                # Percentiles of different zones' buckets do not combine (_add drops them): not computed.
-                parts.append((zone, *await buckets_of(members, f, bucket, basis, zone, with_idle=False)))
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(zone_part(zone_name, members, f), name="network-utilization-zone")
+                         for zone_name, members in by_zone.items()]
+            parts = [task.result() for task in tasks]
             head = await f.head(ports)
         for zone, buckets, part in parts:
             _add(total, part)

@@ -1,5 +1,8 @@
 """Keeps ``port_state_15m``, ``port_state_day`` and ``port_occupancy_spans`` up to date
-(migrations 0003, 0005): occupied and charging seconds and the energy that flowed, per port.
+(migrations 0003, 0005): occupied and charging seconds and the energy that flowed, per port; and
+``session_summary`` (migration 0008): each finished session's peak power and first/last SoC, for
+the bulk session exports; and ``status_successor`` (0008): the status row after each Faulted/
+Unavailable row, which uptime reads instead of looking it up.
 
 The Apache-2 TimescaleDB edition has no continuous aggregates, so this is their stand-in.
 Each refresh recomputes, for every registered port, the buckets from the watermark to the
@@ -24,6 +27,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -35,8 +39,13 @@ from prometheus_client import Counter
 from schemas.port_state import (
     EARLIEST,
     FAILED_STOP_REASONS,
+    LOOKBACK,
     MIN_SUCCESS_WH,
+    SESSION_FIGURES_SAMPLES_SQL,
+    SESSION_FIGURES_SQL,
     SOLAR_HOURS,
+    PortHistory,
+    PortKey,
     floor_bucket,
     load_histories,
     port_minutes,
@@ -45,6 +54,7 @@ from schemas.port_state import (
 
 logger = logging.getLogger(__name__)
 
+PREFETCH_CONNECTION_WAIT_S = 0.05   # the read-ahead uses a second connection only when one is free
 ROLLUP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"csms-rollup").digest()[:8], "big", signed=True)
 
 
@@ -110,9 +120,8 @@ async def refresh(pool: asyncpg.Pool, *, now: datetime | None = None, ports_per_
             cuts = await settled_cuts(conn, [p for p in marked if p[2] < until])
             ports = [(cp, evse, cuts[(cp, evse)]) for cp, evse, _ in marked if (cp, evse) in cuts]
             buckets = spans = 0
-            for i in range(0, len(ports), ports_per_query):
-                group = ports[i:i + ports_per_query]
-                b, s, bad = await _recompute_isolated(conn, group, until, zones)
+            groups = [ports[i:i + ports_per_query] for i in range(0, len(ports), ports_per_query)]
+            for b, s, bad in await _pipeline(pool, conn, groups, until, zones):
                 buckets += b
                 spans += s
                 failed.extend(bad)
@@ -134,12 +143,99 @@ async def refresh(pool: asyncpg.Pool, *, now: datetime | None = None, ports_per_
     return RefreshResult(True, until, len(ports), buckets, spans, time.perf_counter() - began, len(failed))
 
 
+class _Prefetch:
+    """Reads the next group's rows on a second connection while this one is computed and written, so
+    PostgreSQL and Python work at the same time (the first full roll-up reads a year per port). Without
+    a free connection in the pool, or after a failed read, each group reads its own rows as before."""
+
+    def __init__(self, pool: asyncpg.Pool, groups: list[list[tuple[str, int, datetime]]], until: datetime) -> None:
+        self._pool, self._groups, self._until = pool, groups, until
+        self._conn: PoolConnectionProxy | None = None
+        self._task: asyncio.Task[dict[PortKey, PortHistory]] | None = None
+        self._next = 0
+
+    async def __aenter__(self) -> _Prefetch:
+        if len(self._groups) > 1:
+            with contextlib.suppress(TimeoutError):
+                self._conn = await self._pool.acquire(timeout=PREFETCH_CONNECTION_WAIT_S)
+        return self
+
+    def _start(self, index: int) -> None:
+        if self._conn is not None and index < len(self._groups):
+            self._task = asyncio.create_task(load_histories(self._conn, self._groups[index], self._until),
+                                             name="rollup-prefetch")
+            self._next = index
+
+    async def histories(self, index: int) -> dict[PortKey, PortHistory] | None:
+        """Group ``index``'s rows if they were read ahead (None: the group reads them), and the next
+        group's read started."""
+        found = None
+        if self._task is not None and self._next == index:
+            try:
+                found = await self._task
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                logger.info("roll-up read-ahead failed, reading group by group: %s", exc)
+                await self._release()
+            self._task = None
+        self._start(index + 1)   # (the first group reads its own rows while the second one is read ahead)
+        return found
+
+    async def _release(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await self._task
+            self._task = None
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await self._pool.release(conn)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._release()
+
+
+async def _pipeline(pool: asyncpg.Pool, conn: asyncpg.Connection | PoolConnectionProxy,
+                    groups: list[list[tuple[str, int, datetime]]], until: datetime,
+                    zones: dict[tuple[str, int], str]) -> list[tuple[int, int, list[tuple[str, int, datetime]]]]:
+    """Every group's recompute, as a pipeline when a second connection is free: group i + 2 is read
+    (there), group i + 1 computed (in a thread, off the event loop) and group i written (here) at
+    once, so PostgreSQL and Python work side by side; otherwise one group after another."""
+    out = []
+    async with _Prefetch(pool, groups, until) as ahead:
+        writing: tuple[list[tuple[str, int, datetime]], asyncio.Task[tuple[int, int]]] | None = None
+        try:
+            for i, group in enumerate(groups):
+                histories = await ahead.histories(i)
+                rows = None
+                if histories is not None:
+                    with contextlib.suppress(Exception):   # its data: recomputed port by port below
+                        rows = await asyncio.to_thread(_rows, group, histories, until)
+                if writing is not None:
+                    out.append(await _recompute_isolated(conn, writing[0], until, zones, writing[1]))
+                    writing = None
+                if rows is None:
+                    out.append(await _recompute_isolated(conn, group, until, zones))
+                else:
+                    writing = (group, asyncio.create_task(_write(conn, group, rows, until, zones), name="rollup-write"))
+            if writing is not None:
+                out.append(await _recompute_isolated(conn, writing[0], until, zones, writing[1]))
+                writing = None
+        finally:
+            if writing is not None:
+                writing[1].cancel()
+                with contextlib.suppress(BaseException):
+                    await writing[1]
+    return out
+
+
 async def _recompute_isolated(conn: asyncpg.Connection | PoolConnectionProxy, group: list[tuple[str, int, datetime]],
                               until: datetime, zones: dict[tuple[str, int], str],
+                              done: Awaitable[tuple[int, int]] | None = None,
                               ) -> tuple[int, int, list[tuple[str, int, datetime]]]:
-    """Recompute a group; if it fails on its data, each port alone, returning the ports that fail."""
+    """Recompute a group (or see its recompute ``done`` already under way); if it fails on its data,
+    each port alone, returning the ports that fail."""
     try:
-        b, s = await _recompute(conn, group, until, zones)
+        b, s = await (done if done is not None else _recompute(conn, group, until, zones))
         for cp, evse, _ in group:
             _FAILING.discard((cp, evse))
         return b, s, []
@@ -197,11 +293,96 @@ FROM minutes m FULL JOIN sessions s ON s.cp = m.cp AND s.evse = m.evse AND s.day
 """
 
 
-async def _recompute(conn: asyncpg.Connection | PoolConnectionProxy, ports: list[tuple[str, int, datetime]],
-                     until: datetime, zones: dict[tuple[str, int], str]) -> tuple[int, int]:
-    histories = await load_histories(conn, ports, until)
-    bucket_rows: list[tuple[str, int, datetime, float, float, float]] = []
-    span_rows: list[tuple[str, int, datetime, datetime, float, float | None]] = []
+# Per-session figures of the bulk session exports (migration 0008 ``session_summary``): the sessions of
+# these ports that stopped in [the port's recompute start, until) and lasted at most LOOKBACK (a longer
+# one is left to the exports, which compute it from its samples: csms/reporting/session_rows.py), from
+# their samples inside [start, stop]. $1–$3 the ports and their starts, $4 until, $5 LOOKBACK.
+_SUMMARY_SESSIONS = """
+SELECT v.cp, t.uid, t.started_at, t.stopped_at
+FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS v(cp, evse, f) CROSS JOIN LATERAL (
+    -- OFFSET 0: a range of the port's index per port, never a scan of every session
+    SELECT t.transaction_uid AS uid, t.started_at, t.stopped_at FROM transactions t
+    WHERE t.charge_point_id = v.cp AND t.evse_id = v.evse AND t.started_at >= v.f - $5::interval
+      AND t.started_at < $4 AND t.stopped_at >= v.f AND t.stopped_at < $4
+      AND t.stopped_at <= t.started_at + $5::interval
+    OFFSET 0) t
+"""
+_SUMMARY_SPAN_SQL = f"""
+SELECT min(q.started_at) AS lo, max(GREATEST(q.started_at, q.stopped_at)) AS hi FROM ({_SUMMARY_SESSIONS}) q
+"""
+# $6 the charge points, [$7, $8] the sessions' span (constants: only those chunks of samples are read).
+_SUMMARY_SQL = f"""
+WITH t AS MATERIALIZED ({_SUMMARY_SESSIONS}),
+x AS (
+    SELECT t.cp, t.uid, {SESSION_FIGURES_SQL}
+    FROM t JOIN meter_samples m ON m.charge_point_id = t.cp AND m.transaction_uid = t.uid
+        AND m.time >= t.started_at AND m.time <= t.stopped_at
+    WHERE m.charge_point_id = ANY($6::text[]) AND m.time >= $7 AND m.time <= $8 AND {SESSION_FIGURES_SAMPLES_SQL}
+    GROUP BY 1, 2)
+INSERT INTO session_summary AS s (charge_point_id, transaction_uid, started_at, stopped_at, peak_power_w, start_soc,
+                                  end_soc)
+SELECT t.cp, t.uid, t.started_at, t.stopped_at, x.peak_power_w, x.start_soc, x.end_soc
+FROM t LEFT JOIN x ON x.cp = t.cp AND x.uid = t.uid
+ON CONFLICT (started_at, charge_point_id, transaction_uid) DO UPDATE SET
+    stopped_at = EXCLUDED.stopped_at, peak_power_w = EXCLUDED.peak_power_w,
+    start_soc = EXCLUDED.start_soc, end_soc = EXCLUDED.end_soc
+"""
+
+
+# Each Faulted/Unavailable status row's successor (migration 0008 ``status_successor``), per key (a port,
+# or a charge point's connector-0 statuses: evse 0) from its recompute start f: for the down rows from the
+# last row before f on (only that one can have a successor at or after f, where rows may have been stored)
+# up to until, the next row before until. $1–$3 the keys and their starts, $4 until.
+_SUCCESSORS_SQL = """
+WITH k AS (SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS k(cp, evse, f)),
+d AS (
+    SELECT DISTINCT x.charge_point_id, x.evse_id, x.time, x.received_at FROM k
+    CROSS JOIN LATERAL (
+        SELECT COALESCE((SELECT max(y.time) FROM connector_status y
+                         WHERE y.charge_point_id = k.cp AND y.evse_id = k.evse AND y.time < k.f), k.f) AS since) b
+    CROSS JOIN LATERAL (
+        SELECT x.charge_point_id, x.evse_id, x.time, x.received_at FROM connector_status x
+        WHERE x.charge_point_id = k.cp AND x.evse_id = k.evse AND x.status IN ('Faulted', 'Unavailable')
+          AND x.time >= b.since AND x.time < $4 OFFSET 0) x)
+INSERT INTO status_successor AS s (charge_point_id, evse_id, time, received_at, next_time, next_received_at,
+                                   next_status, next_error_code)
+SELECT d.charge_point_id, d.evse_id, d.time, d.received_at, n.time, n.received_at, n.status, n.error_code
+FROM d CROSS JOIN LATERAL (
+    SELECT n.time, n.received_at, n.status, n.error_code FROM connector_status n
+    WHERE n.charge_point_id = d.charge_point_id AND n.evse_id = d.evse_id AND n.time >= d.time AND n.time < $4
+      AND (n.time, n.received_at) > (d.time, d.received_at)
+    ORDER BY n.time, n.received_at LIMIT 1) n
+ON CONFLICT (charge_point_id, evse_id, time, received_at) DO UPDATE SET
+    next_time = EXCLUDED.next_time, next_received_at = EXCLUDED.next_received_at,
+    next_status = EXCLUDED.next_status, next_error_code = EXCLUDED.next_error_code
+"""
+
+
+async def _successors(conn: asyncpg.Connection | PoolConnectionProxy, ports: list[tuple[str, int, datetime]],
+                      until: datetime) -> None:
+    """The ports' and their charge points' (evse 0, from the earliest start among their ports) successors."""
+    keys = {(cp, evse): since for cp, evse, since in ports}
+    for cp, _, since in ports:
+        keys[(cp, 0)] = min(since, keys.get((cp, 0), since))
+    await conn.execute(_SUCCESSORS_SQL, [k[0] for k in keys], [k[1] for k in keys], list(keys.values()), until)
+
+
+async def _summarise_sessions(conn: asyncpg.Connection | PoolConnectionProxy, cps: list[str], evses: list[int],
+                              starts: list[datetime], until: datetime) -> None:
+    span = await conn.fetchrow(_SUMMARY_SPAN_SQL, cps, evses, starts, until, LOOKBACK)
+    if span is not None and span["lo"] is not None:
+        await conn.execute(_SUMMARY_SQL, cps, evses, starts, until, LOOKBACK, sorted(set(cps)), span["lo"], span["hi"])
+
+
+BucketRow = tuple[str, int, datetime, float, float, float]
+SpanRow = tuple[str, int, datetime, datetime, float, float | None]
+
+
+def _rows(ports: list[tuple[str, int, datetime]], histories: dict[PortKey, PortHistory],
+          until: datetime) -> tuple[list[BucketRow], list[SpanRow]]:
+    """The group's quarter-hour and occupancy rows (pure computation, no I/O)."""
+    bucket_rows: list[BucketRow] = []
+    span_rows: list[SpanRow] = []
     for cp, evse, since in ports:
         minutes = port_minutes(histories[(cp, evse)], (since, until))
         for b in sorted(minutes.buckets.keys() | minutes.energy.keys()):
@@ -209,6 +390,22 @@ async def _recompute(conn: asyncpg.Connection | PoolConnectionProxy, ports: list
             bucket_rows.append((cp, evse, b, occ, chg, minutes.energy.get(b, 0.0)))
         span_rows.extend((cp, evse, s.ended_at, s.started_at, s.charging_s, s.post_charge_idle_s)
                          for s in minutes.spans)
+    return bucket_rows, span_rows
+
+
+async def _recompute(conn: asyncpg.Connection | PoolConnectionProxy, ports: list[tuple[str, int, datetime]],
+                     until: datetime, zones: dict[tuple[str, int], str],
+                     histories: dict[PortKey, PortHistory] | None = None) -> tuple[int, int]:
+    if histories is None:
+        histories = await load_histories(conn, ports, until)
+    return await _write(conn, ports, _rows(ports, histories, until), until, zones)
+
+
+async def _write(conn: asyncpg.Connection | PoolConnectionProxy, ports: list[tuple[str, int, datetime]],
+                 rows: tuple[list[BucketRow], list[SpanRow]], until: datetime,
+                 zones: dict[tuple[str, int], str]) -> tuple[int, int]:
+    """The group's rows, days, session figures and status pairs, replacing theirs from each port's start."""
+    bucket_rows, span_rows = rows
     cps, evses, starts = [p[0] for p in ports], [p[1] for p in ports], [p[2] for p in ports]
     async with conn.transaction():
         await conn.execute(
@@ -238,6 +435,8 @@ async def _recompute(conn: asyncpg.Connection | PoolConnectionProxy, ports: list
             cps, evses, [m.astimezone(ZoneInfo(tz)).date() for m, tz in zip(midnights, tzs, strict=True)])
         await conn.execute(_DAYS_SQL, cps, evses, midnights, tzs, until, MIN_SUCCESS_WH, sorted(FAILED_STOP_REASONS),
                            *SOLAR_HOURS)
+        await _summarise_sessions(conn, cps, evses, starts, until)
+        await _successors(conn, ports, until)
     return len(bucket_rows), len(span_rows)
 
 

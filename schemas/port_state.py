@@ -67,6 +67,28 @@ UNTRUSTED_REGISTER_FLAGS = (FLAG_REGISTER_DECREASED | FLAG_OUTSIDE_TRANSACTION |
 
 PortKey = tuple[str, int]
 
+# Per-session figures of the bulk session exports (the sessions CSV, EV-ChART module 2), as SQL
+# aggregates over a session's samples ``m`` inside [its start, its stop]: the highest phase-less
+# Power.Active.Import sample (W), and the first and the last trusted phase-less SoC sample (%) — a
+# hash aggregate cannot order, so min/max of (epoch, value) pairs pick them (the lower value at equal
+# times). The roll-up keeps them per finished session (``session_summary``, migration 0008) and the
+# exports compute them for the sessions the roll-up has not settled, with this same text.
+POWER_MEASURAND = "Power.Active.Import"
+SOC_MEASURAND = "SoC"
+SESSION_FIGURES_SQL = f"""
+    max(m.value) FILTER (WHERE m.measurand = '{POWER_MEASURAND}') AS peak_power_w,
+    (min(ARRAY[extract(epoch FROM m.time)::float8, m.value])
+        FILTER (WHERE m.measurand = '{SOC_MEASURAND}' AND m.quality_flags & {UNTRUSTED_REGISTER_FLAGS} = 0))[2]
+        AS start_soc,
+    (max(ARRAY[extract(epoch FROM m.time)::float8, m.value])
+        FILTER (WHERE m.measurand = '{SOC_MEASURAND}' AND m.quality_flags & {UNTRUSTED_REGISTER_FLAGS} = 0))[2]
+        AS end_soc"""
+# The samples those aggregates read (besides the session's own key and time span).
+SESSION_FIGURES_SAMPLES_SQL = f"m.measurand IN ('{POWER_MEASURAND}', '{SOC_MEASURAND}') AND m.phase = ''"
+# A session's samples of these measurands feed the roll-up (energy per quarter hour, the session's
+# figures): the writer marks the port dirty from the earliest of them it stores.
+ROLLED_MEASURANDS = frozenset({ENERGY_MEASURAND, POWER_MEASURAND, SOC_MEASURAND})
+
 
 def floor_bucket(moment: datetime) -> datetime:
     """Start of the 15-minute bucket holding ``moment`` (aligned in every zone in use)."""
@@ -159,36 +181,72 @@ def register_steps(session: MeteredSession) -> list[Step]:
     return steps
 
 
+# Bucket arithmetic in integer microseconds since _EPOCH: the same instants and, piece by piece, the
+# same floats as timedelta arithmetic (timedelta.total_seconds() is microseconds / 10**6), several
+# times faster; keys become datetimes once per bucket.
+_US = timedelta(microseconds=1)
+_BUCKET_US = BUCKET // _US
+_US_PER_S = 1_000_000
+
+
+def _us(moment: datetime) -> int:
+    return (moment - _EPOCH) // _US
+
+
+_AT: dict[int, datetime] = {}   # bucket starts already made (ports share them); bounded below
+_AT_MAX = 200_000
+
+
+def _at(us: int) -> datetime:
+    moment = _AT.get(us)
+    if moment is None:
+        if len(_AT) >= _AT_MAX:
+            _AT.clear()
+        moment = _AT[us] = _EPOCH + timedelta(microseconds=us)
+    return moment
+
+
+def _spread(steps: Iterable[Step], window: Interval, out: dict[int, float]) -> None:
+    w0, w1 = _us(window[0]), _us(window[1])
+    for t0, t1, wh in steps:
+        a, b = _us(t0), _us(t1)
+        if a == b:
+            if w0 <= a < w1:
+                bucket = a - a % _BUCKET_US
+                out[bucket] = out.get(bucket, 0.0) + wh
+            continue
+        cursor, hi = max(a, w0), min(b, w1)
+        span = (b - a) / _US_PER_S
+        bucket = cursor - cursor % _BUCKET_US
+        while cursor < hi:   # bounded: one pass per quarter hour of the clipped step
+            stop = bucket + _BUCKET_US
+            if stop > hi:
+                stop = hi
+            out[bucket] = out.get(bucket, 0.0) + wh * ((stop - cursor) / _US_PER_S) / span
+            cursor = stop
+            bucket += _BUCKET_US
+
+
 def spread(steps: Iterable[Step], window: Interval, out: dict[datetime, float] | None = None) -> dict[datetime, float]:
     """Wh of each step that flowed inside ``window``, per 15-minute bucket (linear in time; an
     instantaneous step belongs to its instant)."""
     out = {} if out is None else out
-    for t0, t1, wh in steps:
-        if t1 == t0:
-            if window[0] <= t0 < window[1]:
-                bucket = floor_bucket(t0)
-                out[bucket] = out.get(bucket, 0.0) + wh
-            continue
-        lo, hi = max(t0, window[0]), min(t1, window[1])
-        span = (t1 - t0).total_seconds()
-        cursor = lo
-        while cursor < hi:   # bounded: one pass per quarter hour of the clipped step
-            bucket = floor_bucket(cursor)
-            stop = min(hi, bucket + BUCKET)
-            out[bucket] = out.get(bucket, 0.0) + wh * (stop - cursor).total_seconds() / span
-            cursor = stop
+    found: dict[int, float] = {_us(k): v for k, v in out.items()}
+    _spread(steps, window, found)
+    out.clear()
+    out.update((_at(k), v) for k, v in found.items())
     return out
 
 
 def session_energy(sessions: Iterable[MeteredSession], window: Interval) -> dict[datetime, float]:
     """Wh per 15-minute bucket inside ``window`` over the sessions; each session counts in
     [its start, its start + LOOKBACK) only, whatever the window (so every window agrees)."""
-    out: dict[datetime, float] = {}
+    out: dict[int, float] = {}
     for session in sessions:
         horizon = (max(window[0], session.started_at), min(window[1], session.started_at + LOOKBACK))
         if horizon[0] < horizon[1]:
-            spread(register_steps(session), horizon, out)
-    return dict(sorted(out.items()))
+            _spread(register_steps(session), horizon, out)
+    return {_at(k): v for k, v in sorted(out.items())}
 
 
 def _state_spans(rows: Sequence[tuple[datetime, str]], wanted: frozenset[str], until: datetime) -> list[Interval]:
@@ -219,24 +277,30 @@ def occupied_and_charging(history: PortHistory, until: datetime) -> tuple[list[I
     return occupied, merge(charging)
 
 
-def _add_to_buckets(out: dict[datetime, list[float]], intervals: Iterable[Interval], index: int) -> None:
+def _add_to_buckets(out: dict[int, list[float]], intervals: Iterable[Interval], index: int) -> None:
     for start, end in intervals:
-        cursor = start
-        while cursor < end:
-            bucket = floor_bucket(cursor)
-            stop = min(end, bucket + BUCKET)
-            out.setdefault(bucket, [0.0, 0.0])[index] += (stop - cursor).total_seconds()
+        cursor, until = _us(start), _us(end)
+        bucket = cursor - cursor % _BUCKET_US
+        while cursor < until:
+            stop = bucket + _BUCKET_US
+            if stop > until:
+                stop = until
+            slot = out.get(bucket)
+            if slot is None:
+                slot = out[bucket] = [0.0, 0.0]
+            slot[index] += (stop - cursor) / _US_PER_S
             cursor = stop
+            bucket += _BUCKET_US
 
 
 def port_minutes(history: PortHistory, window: Interval) -> PortMinutes:
     """Occupied and charging seconds per 15-minute bucket inside ``window``, and the
     occupancies that ended inside it (an occupancy still open at the window's end is not one)."""
     occupied, charging = occupied_and_charging(history, window[1])
-    sums: dict[datetime, list[float]] = {}
+    sums: dict[int, list[float]] = {}
     _add_to_buckets(sums, intersect(occupied, [window]), 0)
     _add_to_buckets(sums, intersect(charging, [window]), 1)
-    result = PortMinutes(buckets={b: (v[0], v[1]) for b, v in sorted(sums.items())})
+    result = PortMinutes(buckets={_at(b): (v[0], v[1]) for b, v in sorted(sums.items())})
     j = 0   # both lists are sorted and disjoint: one pass over the charging intervals
     for start, end in occupied:
         while j < len(charging) and charging[j][1] <= start:

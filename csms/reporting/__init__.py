@@ -7,14 +7,17 @@ EV-ChART quarters) and opening hours are built in the station's IANA time zone, 
 have 23 or 25 hours.
 """
 
+from decimal import ROUND_HALF_UP, Decimal
+
 # 2026-12.1: windows past now are computed up to now (complete: false); minutes before a port's
 # first data are unknown, in no denominator; UK reliability applies only reg. 7's exclusions;
 # outages are disjoint with ids from the data; EV-ChART months are station-local.
 FORMULA_VERSION = "2026-12.1"
 
 
+_CENT = Decimal("0.01")
+
+
 def round2(value: float) -> float:
     """Two decimals, half up (as people and EV-ChART's decimal(5,2) expect: 3.125 → 3.13)."""
-    from decimal import ROUND_HALF_UP, Decimal
-
-    return float(Decimal(repr(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+    return float(Decimal(repr(value)).quantize(_CENT, rounding=ROUND_HALF_UP))

@@ -15,6 +15,7 @@ from schemas.intervals import Interval
 from schemas.port_state import BUCKET, ceil_bucket
 
 WIDTHS = ("none", "hour", "day", "week", "month")
+HOUR = timedelta(hours=1)
 MAX_BUCKETS = 10_000
 
 
@@ -63,10 +64,17 @@ def report_bounds(window: Interval, width: str, zone: ZoneInfo) -> list[datetime
         if moment == window[0]:
             moment += BUCKET
         while moment < window[1]:
-            if _starts_bucket(moment, moment - BUCKET, width, zone):
+            local = moment.astimezone(zone)
+            if local.minute == 0:
                 bounds.append(moment)
                 if len(bounds) > MAX_BUCKETS:
                     raise ValueError(f"more than {MAX_BUCKETS} buckets: use a wider bucket or a shorter window")
+                # With the same UTC offset an hour later, the next local hour starts exactly then (no
+                # zone changes its offset twice within an hour), so the quarter hours between are skipped.
+                ahead = moment + HOUR
+                if ahead < window[1] and ahead.astimezone(zone).utcoffset() == local.utcoffset():
+                    moment = ahead
+                    continue
             moment += BUCKET
     elif width != "none":
         # Days, weeks and months jump from one local day start to the next (the same instants

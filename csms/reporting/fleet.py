@@ -21,7 +21,7 @@ import asyncpg
 from csms.reporting import round2
 from csms.reporting.hours import opening_intervals
 from csms.reporting.queries import PortInfo, port_timelines
-from csms.reporting.uptime import Exclusion, PortTimeline, UptimeResult, uptime
+from csms.reporting.uptime import Exclusion, PortTimeline, UptimeResult, outages_over, uptime
 from schemas.intervals import Interval
 
 PortKey = tuple[str, int]
@@ -147,6 +147,9 @@ async def fleet_uptime_windows(db: asyncpg.Pool, ports: Sequence[FleetPort], met
             timelines, excl = await task
             for port in batch:
                 per_window = []
+                # Several windows (module 3's three): the port's outages once over the span, clipped to each.
+                found = (outages_over(timelines[port.key], method, whole, offline_grace=grace,
+                                      offline_counts=offline_counts) if len(windows) > 1 else None)
                 for window in windows:
                     sig = (json.dumps(port.info.opening_hours, sort_keys=True), port.info.time_zone, window)
                     if sig not in opening:
@@ -156,7 +159,8 @@ async def fleet_uptime_windows(db: asyncpg.Pool, ports: Sequence[FleetPort], met
                                     opening=opening[sig], exclusions=applied,
                                     operational_since=port.info.operational_since,
                                     operational_since_source=port.info.operational_since_source,
-                                    offline_grace=grace, offline_counts=offline_counts, now=now)
+                                    offline_grace=grace, offline_counts=offline_counts, now=now,
+                                    span_outages=found)
                     per_window.append((result, applied))
                 out.append((port, per_window))
     finally:

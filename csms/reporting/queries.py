@@ -59,18 +59,36 @@ starts AS (
           AND (up.time IS NULL OR (s.time, s.received_at) > (up.time, up.received_at))
         ORDER BY s.time, s.received_at LIMIT 1) s
     WHERE e.time < $3 AND e.status IN ('Faulted', 'Unavailable')),
-d AS (SELECT * FROM down UNION ALL SELECT * FROM edges)
+d AS (SELECT * FROM down UNION ALL SELECT * FROM edges),
+-- The row after each outage row: the roll-up's pair (migration 0008 status_successor) while its
+-- successor lies before the charge point's roll-up cut-off (no row can have been stored between the
+-- two since: it would have marked the port dirty from its time), else looked up.
+cut AS (
+    SELECT c.cp, CASE WHEN w.rolled_until IS NULL THEN '-infinity'::timestamptz
+                      ELSE LEAST(w.rolled_until, (SELECT min(x.since) FROM port_state_dirty x
+                                                  WHERE x.charge_point_id = c.cp)) END AS at
+    FROM (SELECT DISTINCT p.cp FROM p) c, (SELECT (SELECT rolled_until FROM port_state_watermark) AS rolled_until) w),
+nx AS MATERIALIZED (
+    SELECT d.charge_point_id, d.evse_id, d.time, d.received_at, x.next_time, x.next_status, x.next_error_code,
+           x.next_received_at
+    FROM d JOIN cut ON cut.cp = d.charge_point_id
+    LEFT JOIN status_successor x ON x.charge_point_id = d.charge_point_id AND x.evse_id = d.evse_id
+        AND x.time = d.time AND x.received_at = d.received_at AND x.next_time < cut.at
+    WHERE d.status IN ('Faulted', 'Unavailable'))
 SELECT d.charge_point_id AS cp, d.evse_id AS evse, d.time, d.status, d.error_code, d.received_at FROM d
 UNION
 SELECT * FROM starts
 UNION
-SELECT d.charge_point_id, d.evse_id, n.time, n.status, n.error_code, n.received_at FROM d
+SELECT nx.charge_point_id, nx.evse_id, nx.next_time, nx.next_status, nx.next_error_code, nx.next_received_at
+FROM nx WHERE nx.next_time < $4
+UNION
+SELECT nx.charge_point_id, nx.evse_id, n.time, n.status, n.error_code, n.received_at FROM nx
 CROSS JOIN LATERAL (
     SELECT n.time, n.status, n.error_code, n.received_at FROM connector_status n
-    WHERE n.charge_point_id = d.charge_point_id AND n.evse_id = d.evse_id AND n.time >= d.time AND n.time < $4
-      AND (n.time, n.received_at) > (d.time, d.received_at)
+    WHERE n.charge_point_id = nx.charge_point_id AND n.evse_id = nx.evse_id AND n.time >= nx.time AND n.time < $4
+      AND (n.time, n.received_at) > (nx.time, nx.received_at)
     ORDER BY n.time, n.received_at LIMIT 1) n
-WHERE d.status IN ('Faulted', 'Unavailable')
+WHERE nx.next_time IS NULL
 """
 
 # Connectivity in the window, and the state at its start under the epoch rule

@@ -21,6 +21,7 @@ recorded reason is reported but not applied.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from csms.reporting import round2
 from schemas.intervals import Interval, intersect, merge, minutes, subtract
 
 NEVI_MINUTES = 525_600
+_LATEST = datetime.max.replace(tzinfo=UTC)
 DOWN_STATUSES = frozenset({"Faulted", "Unavailable"})
 # EV-ChART Module 4 excluded_outage_reason codes 1–6 (order as in reporting.md §1.1; assumed).
 EXCLUSION_REASONS = {"utility_interruption": 1, "vehicle_fault": 2, "scheduled_maintenance": 3, "vandalism": 4,
@@ -197,11 +199,56 @@ def outages(timeline: PortTimeline, window: Interval, *, offline_grace: timedelt
     covered: list[Interval] = []
     for detection, scope, runs in sources:
         for span, cause in runs:
-            for piece in subtract([span], covered):
-                for start, end in intersect([piece], [window]):
+            for piece in _uncovered(span, covered):
+                start, end = max(piece[0], window[0]), min(piece[1], window[1])
+                if end > start:
                     found.append(Outage(start, end, detection, cause, piece[0], scope, piece[1] >= until))
         covered = merge([*covered, *(span for span, _ in runs)])
     return sorted(found, key=lambda o: o.start)
+
+
+def clip_outages(found: Sequence[Outage], window: Interval) -> list[Outage]:
+    """``outages(timeline, window)`` from ``found = outages(timeline, span)`` with the same settings,
+    for a ``span`` that starts no later and ends no earlier than ``window`` (e.g. EV-ChART module 3's
+    three trailing-12-month windows from one pass): runs, their true starts and the sources' order
+    do not depend on where the window ends, only the cut does; an outage continues past the window
+    when it reaches its end."""
+    out = []
+    for o in found:
+        start, end = max(o.start, window[0]), min(o.end, window[1])
+        if end > start:
+            out.append(Outage(start, end, o.detection, o.cause, o.true_start, o.scope, o.end >= window[1]))
+    return out
+
+
+def outages_over(timeline: PortTimeline, method: str, span: Interval, *, offline_grace: timedelta = timedelta(0),
+                 offline_counts: bool = True) -> list[Outage]:
+    """The outages :func:`uptime` finds for ``method`` (UK: offline time counts as reliable), over a
+    span to be clipped to each window with :func:`clip_outages`."""
+    return outages(timeline, span, offline_grace=offline_grace, offline_counts=offline_counts and method != "uk")
+
+
+def _uncovered(span: Interval, covered: Sequence[Interval]) -> list[Interval]:
+    """``subtract([span], covered)`` for ``covered`` sorted and disjoint (``merge``d), without
+    re-sorting it for every span: the cuts ending after the span's start are found by bisection."""
+    start, end = span
+    if end <= start:
+        return []
+    out: list[Interval] = []
+    cursor = start
+    for c_start, c_end in covered[max(0, bisect.bisect_right(covered, (start, _LATEST)) - 1):]:
+        if c_end <= cursor:
+            continue
+        if c_start >= end:
+            break
+        if c_start > cursor:
+            out.append((cursor, c_start))
+        cursor = max(cursor, c_end)
+        if cursor >= end:
+            break
+    if cursor < end:
+        out.append((cursor, end))
+    return out
 
 
 def _cause(first: StatusChange) -> str:
@@ -255,9 +302,21 @@ class UptimeResult:
     exclusions_not_applied_min: dict[str, float] = field(default_factory=dict)
 
 
+def _span_min(span: Interval) -> float:
+    """``minutes([span])`` (no merge needed for one interval)."""
+    return (span[1] - span[0]).total_seconds() / 60.0 if span[1] > span[0] else 0.0
+
+
+def _merged_min(spans: Sequence[Interval]) -> float:
+    """``minutes(spans)`` for spans already ``merge``d."""
+    return sum((end - start).total_seconds() for start, end in spans) / 60.0
+
+
 def excluded_minutes(outage_spans: list[Interval], exclusions: Sequence[Exclusion],
                      opening: list[Interval], window: Interval) -> tuple[float, dict[str, float]]:
     """T_excluded: outage minutes covered by an exclusion or outside access hours (no double counting)."""
+    if not exclusions and list(opening) == [window]:
+        return 0.0, {}          # open throughout, nothing recorded: nothing excluded
     by_reason: dict[str, float] = {}
     covered: list[Interval] = []
     closed = subtract([window], opening)
@@ -300,18 +359,22 @@ def _iso(moment: datetime) -> str:
 def uptime(*, method: str, timeline: PortTimeline, window: Interval, opening: list[Interval],
            exclusions: Sequence[Exclusion] = (), operational_since: datetime | None = None,
            operational_since_source: str = "port", offline_grace: timedelta = timedelta(0),
-           offline_counts: bool = True, now: datetime | None = None) -> UptimeResult:
+           offline_counts: bool = True, now: datetime | None = None,
+           span_outages: Sequence[Outage] | None = None) -> UptimeResult:
     """One port's uptime over ``window`` by ``method`` ('nevi', 'generic' or 'uk').
 
     ``now``: minutes from ``now`` on have not happened and are not computed (None: the window
-    has ended). ``opening``: the access hours inside the window."""
-    period_min = minutes([window])
+    has ended). ``opening``: the access hours inside the window. ``span_outages``: the port's
+    :func:`outages_over` a span containing the computed part of the window, with the same settings
+    (clipped here rather than found again)."""
+    period_min = _span_min(window)
     end = window[1] if now is None else min(window[1], max(now, window[0]))
     computed: Interval = (window[0], end)
     complete = end == window[1]
     start_known = known_since(timeline)
-    known = [] if start_known is None else intersect([(start_known, end)], [computed])
-    known_min = minutes(known)
+    known_from = window[0] if start_known is None else max(start_known, window[0])
+    known = [] if start_known is None or end <= known_from else [(known_from, end)]
+    known_min = _span_min(known[0]) if known else 0.0
     completeness = round(known_min / period_min, 4) if period_min else 0.0
 
     # Why a figure over the whole window cannot be given (period and data).
@@ -328,13 +391,14 @@ def uptime(*, method: str, timeline: PortTimeline, window: Interval, opening: li
                                        f"{_iso(end)}"))
     elif known and known[0][0] > window[0]:
         data_reasons.append(NullReason(STATE_UNKNOWN, f"the port's state is unknown before {_iso(known[0][0])} "
-                                       f"(its first data): {round2(minutes([(window[0], known[0][0])]))} minutes"))
+                                       f"(its first data): {round2(_span_min((window[0], known[0][0])))} minutes"))
     opening_done = intersect(opening, [computed])
 
     if method == "uk":
         applied = [(e.start, e.end) for e in exclusions if e.reason in UK_APPLIED_EXCLUSIONS]
         op = subtract(intersect(opening_done, known), applied)
-        outs = outages(timeline, computed, offline_grace=offline_grace, offline_counts=False)
+        outs = (clip_outages(span_outages, computed) if span_outages is not None
+                else outages(timeline, computed, offline_grace=offline_grace, offline_counts=False))
         spans = intersect(merge((o.start, o.end) for o in outs), op)
         op_min = minutes(op)
         value = round2((1 - minutes(spans) / op_min) * 100) if op_min else None
@@ -355,13 +419,14 @@ def uptime(*, method: str, timeline: PortTimeline, window: Interval, opening: li
             completeness, {}, outs, end, complete, known_min, meets, value_reasons, verdict_reasons, start_known,
             op_min, minutes(spans), not_applied)
 
-    outs = outages(timeline, computed, offline_grace=offline_grace, offline_counts=offline_counts)
+    outs = (clip_outages(span_outages, computed) if span_outages is not None
+            else outages(timeline, computed, offline_grace=offline_grace, offline_counts=offline_counts))
     spans = merge((o.start, o.end) for o in outs)
-    t_out = minutes(spans)
+    t_out = _merged_min(spans)
     t_excl, by_reason = excluded_minutes(spans, exclusions, opening_done, computed)
     # A port younger than the window: the same formula over the part it has existed (pro rata).
     since = max(window[0], operational_since or window[0], start_known or window[0])
-    live_min = minutes([(since, end)])
+    live_min = _span_min((since, end))
     pro_rata = live_lost = None
     if known and live_min > 0:
         live_spans = intersect(spans, [(since, end)])
