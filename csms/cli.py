@@ -29,6 +29,7 @@ from csms.common.errors import CsmsError
 from csms.run.admin import ADMIN_COMMANDS, add_admin_commands, run_admin
 from csms.run.central import CentralSystem, migrate, run_until_stopped
 from csms.run.embedded_pg import EmbeddedPostgres
+from csms.run.event_loop import run as event_loop_run
 from csms.run.ingest import run_ingest
 from csms.run.logging_setup import configure_logging
 from csms.run.supervisor import Supervisor
@@ -98,8 +99,9 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 50)
 
 
-def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run ``main`` with SIGINT/SIGTERM setting its stop event (the one owner of signals)."""
+def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], event_loop: str = "asyncio") -> None:
+    """Run ``main`` with SIGINT/SIGTERM setting its stop event (the one owner of signals), on the
+    setting's event loop (csms/run/event_loop.py)."""
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -108,7 +110,7 @@ def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> No
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    asyncio.run(runner())
+    event_loop_run(runner(), event_loop)
 
 
 def _tool_of(argv: Sequence[str]) -> str | None:
@@ -161,9 +163,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                     return run_until_stopped(demo.start_all, demo.stop_all, stop)
                 start = system.start if worker is None else _reporting_ready(system.start, args.ready_fd)
                 return run_until_stopped(start, system.stop, stop)
-            _run_async(central)
+            _run_async(central, settings.event_loop)
         elif command == "ingest":
-            _run_async(lambda stop: run_ingest(settings, stop))
+            _run_async(lambda stop: run_ingest(settings, stop), settings.event_loop)
         elif command == "migrate":
             if not settings.database_url:
                 print("csms: migrate needs --database-url (CSMS_DATABASE_URL)", file=sys.stderr)

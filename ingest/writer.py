@@ -20,6 +20,14 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from ingest.writer_ocpp21 import (
+    OCPP21_EVENTS,
+    STREAM_SAMPLE_COLUMNS,
+    STREAM_SAMPLE_KEY,
+    STREAM_SAMPLE_ORDER,
+    Ocpp21Event,
+    write_ocpp21,
+)
 from schemas.events import ConnectionEvent, Event, LogEvent, MeterEvent, StatusEvent, TransactionEvent
 from schemas.port_state import ROLLED_MEASURANDS
 
@@ -40,6 +48,7 @@ _NATURAL_ORDER = {
     "connector_status": "charge_point_id, evse_id, connector_id, status, error_code, time",
     "connection_events": "charge_point_id, event, node_id, time",
     "charger_messages": "charge_point_id, action, digest, time",
+    "periodic_stream_samples": STREAM_SAMPLE_ORDER,   # OCPP 2.1 stream data (ingest/writer_ocpp21.py)
 }
 
 # Positions of the natural-key columns in each table's row tuple, in the unique index's order.
@@ -48,6 +57,7 @@ _KEY_POSITIONS = {
     "connector_status": (1, 2, 3, 4, 5, 0),
     "connection_events": (1, 2, 4, 0),
     "charger_messages": (1, 2, 4, 0),
+    "periodic_stream_samples": STREAM_SAMPLE_KEY,
 }
 
 _STAGING = {
@@ -55,6 +65,7 @@ _STAGING = {
     "connector_status": ("stage_connector_status", _STATUS_COLUMNS),
     "connection_events": ("stage_connection_events", _CONN_COLUMNS),
     "charger_messages": ("stage_charger_messages", _LOG_COLUMNS),
+    "periodic_stream_samples": ("stage_periodic_stream_samples", STREAM_SAMPLE_COLUMNS),
 }
 
 _TX_UPSERT = """
@@ -170,6 +181,7 @@ class TimescaleWriter:
         logs: list[tuple[Any, ...]] = []
         boots: list[ConnectionEvent] = []
         txs: list[TransactionEvent] = []
+        ocpp21: list[Ocpp21Event] = []
         seen: dict[str, datetime] = {}
         dirty: dict[tuple[str, int], datetime] = {}
         for ev in events:
@@ -198,6 +210,8 @@ class TimescaleWriter:
                     boots.append(ev)
             elif isinstance(ev, LogEvent):
                 logs.append((ev.time, ev.charge_point_id, ev.action, ev.payload, ev.digest, ev.received_at))
+            elif isinstance(ev, OCPP21_EVENTS):
+                ocpp21.append(ev)
             else:
                 txs.append(ev)
                 # Sessions per day, and 2.0.1 chargingState spans; the EVSE is often not repeated.
@@ -212,6 +226,8 @@ class TimescaleWriter:
                     result.duplicates[table] = len(rows) - inserted
             if txs:
                 await _write_transactions(conn, txs, result)
+            if ocpp21:
+                await write_ocpp21(conn, ocpp21, _copy_dedup, result.inserted, result.duplicates)
             for boot in boots:
                 d = boot.detail or {}
                 await conn.execute(_BOOT_UPDATE, boot.charge_point_id, d.get("vendor"), d.get("model"),

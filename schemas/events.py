@@ -147,7 +147,107 @@ class LogEvent(_Event, frozen=True, tag="log"):
     digest: str  # hash of the payload: a retried message is stored once
 
 
-Event = ConnectionEvent | StatusEvent | MeterEvent | TransactionEvent | LogEvent
+# ---- OCPP 2.1 (issue 14 item 1): what the 2.1-only charger messages carry (migration 0011). Every event
+# below carries the digest of its message's payload (or the message id) in its natural key, so a retried
+# message is stored once.
+
+
+class SettlementEvent(_Event, frozen=True, tag="settlement"):
+    """A payment terminal's settlement (2.1 NotifySettlement; Part 2 C18/C21/C22/C24), linked to its
+    transaction when the charger names one ('' otherwise)."""
+
+    time: datetime                       # settlementTime
+    psp_ref: str
+    status: str                          # Settled, Canceled, Rejected, Failed
+    amount: float                        # settlementAmount, in the tariff's currency
+    digest: str
+    transaction_uid: str = ""
+    status_info: str = ""
+    receipt_id: str = ""
+    receipt_url: str = ""
+    vat_number: str = ""
+    vat_company: dict[str, str] | None = None
+
+
+class DerEvent(_Event, frozen=True, tag="der"):
+    """A DER message (2.1 Part 2 R04/R05): an alarm (NotifyDERAlarm), a control started or stopped
+    (NotifyDERStartStop) or a report of the controls set (ReportDERControl, one event per message part)."""
+
+    time: datetime                       # the message's timestamp; a report has none: the receive time
+    kind: Literal["alarm", "start_stop", "report"]
+    digest: str
+    control_type: str = ""               # alarm: DERControlEnumType
+    grid_event_fault: str = ""           # alarm
+    alarm_ended: bool | None = None      # alarm
+    extra_info: str = ""                 # alarm
+    control_id: str = ""                 # start_stop
+    started: bool | None = None          # start_stop
+    superseded_ids: list[str] = []       # start_stop
+    request_id: int | None = None        # report
+    tbc: bool = False                    # report: more parts follow
+    detail: dict[str, Any] | None = None  # report: the controls, as sent
+
+
+class PeriodicStreamEvent(_Event, frozen=True, tag="stream"):
+    """A periodic event stream opened or closed by the charger (2.1 Open/ClosePeriodicEventStream; N11, N13)."""
+
+    time: datetime                       # the receive time (the messages carry none)
+    stream_id: int
+    kind: Literal["open", "close"]
+    variable_monitoring_id: int | None = None
+    interval_s: int | None = None
+    values: int | None = None
+
+
+class StreamValue(msgspec.Struct, frozen=True, array_like=True):
+    """One value of a NotifyPeriodicEventStream: basetime + t, the value as sent and as a number if it is one."""
+
+    seq: int                             # position in its message
+    time: datetime
+    raw_value: str
+    value: float | None = None
+
+
+class StreamDataEvent(_Event, frozen=True, tag="streamdata"):
+    """The data of one 2.1 NotifyPeriodicEventStream SEND (N15), stored like meter samples."""
+
+    stream_id: int
+    basetime: datetime
+    pending: int
+    values: list[StreamValue]
+
+
+class SwappedBattery(msgspec.Struct, frozen=True, array_like=True):
+    evse_id: int
+    serial_number: str
+    soc: float
+    soh: float
+    production_date: datetime | None = None
+    vendor_info: str = ""
+
+
+class BatterySwapEvent(_Event, frozen=True, tag="swap"):
+    """Batteries swapped in or out (2.1 BatterySwap; Part 2 S03)."""
+
+    request_id: int
+    event_type: str                      # BatteryIn, BatteryOut, BatteryOutTimeout
+    id_token: str
+    id_token_type: str
+    digest: str
+    batteries: list[SwappedBattery]
+
+
+class PriorityChargingEvent(_Event, frozen=True, tag="priority"):
+    """Priority charging activated or ended for a transaction (2.1 NotifyPriorityCharging). The message
+    has no timestamp: a retry is recognised by its message id (2.1 Part 4 §4.1.4 lets a retry reuse it)."""
+
+    transaction_uid: str
+    activated: bool
+    message_id: str
+
+
+Event = (ConnectionEvent | StatusEvent | MeterEvent | TransactionEvent | LogEvent | SettlementEvent | DerEvent
+         | PeriodicStreamEvent | StreamDataEvent | BatterySwapEvent | PriorityChargingEvent)
 
 
 class EventBatch(msgspec.Struct, frozen=True):
@@ -176,4 +276,5 @@ def decode_batch(data: bytes) -> EventBatch:
 
 def count_rows(events: list[Event]) -> int:
     """Rows an event list turns into (meter events count one per sample)."""
-    return sum(len(e.samples) if isinstance(e, MeterEvent) else 1 for e in events)
+    return sum(len(e.samples) if isinstance(e, MeterEvent) else len(e.values) if isinstance(e, StreamDataEvent)
+               else 1 for e in events)

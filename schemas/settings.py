@@ -205,8 +205,27 @@ class Settings:
     embedded_mqtt_start_timeout_s: float = _opt(10.0, "time allowed for the embedded Mosquitto to listen",
                                                 roles="run")
 
+    # Certificates and security events (issue 14 items 4-5; 2.0.1 A02-A04, M03-M05; 1.6 Security Whitepaper).
+    certificate_ca_cert_file: Path | None = _opt(None, "PEM cert of the operator CA signing charger CSRs; unset = "
+                                                       "SignCertificate Rejected (no CA is made)", roles="run,serve")
+    certificate_ca_key_file: Path | None = _opt(None, "PEM private key (unencrypted) of that CA", roles="run,serve")
+    certificate_organisation: str = _opt("", "organizationName a CSR must carry (needed with a CA)", roles="run,serve")
+    certificate_min_rsa_bits: int = _opt(2048, "smallest RSA key signed (EC: P-256, P-384)", roles="run,serve")
+    certificate_validity_s: float = _opt(31536000.0, "validity of a signed charger certificate", roles="run,serve")
+    certificate_renewal_lead_time_s: float = _opt(2592000.0, "renewal is triggered this long before expiry",
+                                                  roles="run,serve")
+    certificate_renewal_check_interval_s: float = _opt(3600.0, "renewal check (and expiry gauge) interval; one "
+                                                               "trigger per charger per interval", roles="run,serve")
+    certificate_renewal_rate_per_s: float = _opt(10.0, "renewal triggers per second at most", roles="run,serve")
+    certificate_sign_queue_max: int = _opt(1000, "CSRs waiting to be signed at most (then Rejected)", roles="run,serve")
+
+    # Key rotation of charger passwords (issue 14 item 3; 2.0.1 A01, 1.6 AuthorizationKey).
+    rotation_campaign_per_s: float = _opt(5.0, "campaign rotations per second at most (all nodes)", roles="run,serve")
+    rotation_poll_s: float = _opt(1.0, "campaign claim, stale-rotation sweep and metrics interval", roles="run,serve")
+
     # Process lifecycle.
     shutdown_timeout_s: float = _opt(10.0, "time allowed for an orderly shutdown")
+    event_loop: str = _opt("asyncio", "event loop of the long-running roles: asyncio or uvloop")  # issue 15
 
     def __post_init__(self) -> None:
         for name in ("ocpp_port", "http_port"):

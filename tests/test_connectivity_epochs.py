@@ -1,6 +1,6 @@
 """Offline time from connection epochs (issue 11 item 2): a replaced connection's late
 "disconnected" never makes a connected charger offline, whatever the order the events are
-stored in. The rule is one pure function (``csms.reporting.uptime.offline_periods``); these
+stored in. The rule is one pure function (``csms.reporting.outages.offline_periods``); these
 tests walk every interleaving, then check it through the real HTTP API."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import asyncpg
 import pytest
 import websockets
 
-from csms.reporting.uptime import (
+from csms.reporting.outages import (
     ConnectivityRow,
     PortTimeline,
     StatusChange,
     offline_intervals,
     offline_periods,
-    uptime,
 )
+from csms.reporting.uptime import uptime
 from tests.central import PASSWORD, running_central
 from tests.chargers import basic_auth, iso
 

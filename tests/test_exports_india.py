@@ -18,7 +18,6 @@ import asyncpg
 import pytest
 import websockets
 
-from csms.api_exports import site_energy
 from csms.reporting.energy_statement import (
     LOOKBACK,
     Split,
@@ -31,6 +30,7 @@ from csms.reporting.energy_statement import (
     split,
 )
 from csms.store.registry import ChargePointSpec, EvseSpec, LocationSpec, add_charge_point, upsert_location
+from csms.store.report_exports import site_energy
 from ingest.rollup import refresh
 from schemas.port_state import LOOKBACK as ENERGY_LOOKBACK
 from tests.central import PASSWORD, running_central

@@ -15,8 +15,9 @@ import asyncpg
 import pytest
 import websockets
 
-from csms.reporting import csv_stream, evchart
-from csms.reporting.evchart_sessions import stream_module_2
+from csms.reporting import evchart
+from csms.store import csv_stream
+from csms.store.evchart_sessions import stream_module_2
 from csms.store.registry import ChargePointSpec, EvseSpec, LocationSpec, add_charge_point, upsert_location
 from tests.central import PASSWORD, running_central
 from tests.chargers import basic_auth, iso

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from csms.ocpp import handlers_v16, handlers_v201
+from csms.ocpp import handlers_v16, handlers_v21, handlers_v21_only, handlers_v201
 from csms.ocpp.context import (
     BootDecision,
     BootInfo,
@@ -818,6 +818,11 @@ async def test_every_handler_answers_a_minimal_valid_request(version: str, actio
     assert isinstance(payload, dict)
     validate(version, action, payload)
     outcome = await call(new_session(version), action, payload)
+    if version == "2.1" and action in handlers_v21.SEND_ACTIONS:
+        # A SEND has no response (2.1 Part 4 §4.2.4; the gateway never answers it): only stored.
+        assert outcome.error_code is None
+        assert outcome.events
+        return
     response = result(outcome, version)
     assert isinstance(response, dict)
     assert not outcome.tolerated
@@ -832,7 +837,8 @@ def test_handler_tables() -> None:
     assert len(handlers_v201.HANDLERS) == 25
     for version in ALL:
         assert set(HANDLERS[version]) <= known_actions(version)
-    assert set(HANDLERS["2.1"]) == set(handlers_v201.HANDLERS)
+    # 2.1: 2.0.1's messages and the ones new in 2.1 (issue 14).
+    assert set(HANDLERS["2.1"]) == set(handlers_v201.HANDLERS) | set(handlers_v21_only.HANDLERS)
     assert set(handlers_v16.HANDLERS) >= handlers_v16.TRANSACTION_ACTIONS
     assert set(handlers_v201.HANDLERS) >= handlers_v201.TRANSACTION_ACTIONS
 
@@ -863,8 +869,8 @@ async def test_21_boot_and_transaction_event_validate_against_21_schemas() -> No
 
 
 async def test_21_uses_the_21_schema() -> None:
-    # 2.1 BootReasonEnumType has no value 'Foo' either, but 2.1-only actions are known, not implemented.
+    # 2.1 BootReasonEnumType has no value 'Foo' either; 2.1-only actions are handled and validated (issue 14).
     session = new_session("2.1")
-    assert error(await call(session, "NotifySettlement", {}), "2.1") == "NotSupported"
+    assert error(await call(session, "NotifySettlement", {}), "2.1") == "OccurrenceConstraintViolation"
     assert error(await call(session, "BootNotification", {"reason": "Foo", "chargingStation": {
         "model": "m", "vendorName": "v"}}), "2.1") == "PropertyConstraintViolation"

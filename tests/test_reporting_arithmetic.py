@@ -10,9 +10,18 @@ import pytest
 from csms.reporting import round2
 from csms.reporting.calendar import report_bounds, walked_bounds
 from csms.reporting.hours import local_day_bounds, opening_intervals
-from csms.reporting.uptime import Exclusion, PortTimeline, StatusChange, nevi_window, outages, uptime
-from csms.reporting.utilization import Port, Session, utilization
+from csms.reporting.outages import PortTimeline, StatusChange, outages
+from csms.reporting.uptime import Exclusion, nevi_window, uptime
+from csms.reporting.usage import (
+    BucketUsage,
+    PortRef,
+    add_available,
+    add_port_minutes,
+    bucket_figures,
+    closed_groups,
+)
 from schemas.intervals import intersect, merge, minutes, subtract
+from schemas.port_state import MeteredSession, PortHistory, port_minutes
 
 DAY_HOURS = {"twentyfourseven": False,
              "regular_hours": [{"weekday": d, "period_begin": "06:00", "period_end": "22:00"} for d in range(1, 8)]}
@@ -142,36 +151,52 @@ def test_nevi_window_is_the_12_months_ending_with_the_report_month() -> None:
     assert end == datetime(2026, 4, 1, tzinfo=ZoneInfo("America/Los_Angeles")).astimezone(UTC)
 
 
+def _bucket(day: tuple[datetime, datetime], ports: list[tuple[PortRef, PortHistory | None]]) -> BucketUsage:
+    """One report bucket over ``day``, by the code the utilization API runs on the raw rows."""
+    out = [BucketUsage(day[0], day[1], ports=len(ports))]
+    add_available(out, closed_groups([ref for ref, _ in ports]))
+    for ref, history in ports:
+        if history is not None:
+            add_port_minutes(out, [day[0]], port_minutes(history, day), ref.closed)
+            # sessions are counted by their start (in SQL in production: csms.store.report_usage)
+            out[0].sessions += sum(1 for x in history.sessions if day[0] <= x.started_at < day[1])
+    return out[0]
+
+
 def test_utilization_example() -> None:
     day = (utc(2026, 1, 5), utc(2026, 1, 6))
-    sessions = (Session((utc(2026, 1, 5, 10), utc(2026, 1, 5, 11)),
-                        ((utc(2026, 1, 5, 10, 5), utc(2026, 1, 5, 10, 50)),), 30.0),
-                Session((utc(2026, 1, 5, 14), utc(2026, 1, 5, 15, 30)), ((utc(2026, 1, 5, 14), utc(2026, 1, 5, 15)),),
-                        45.0))
-    result = utilization([Port(rated_kw=150, opening=(day,), sessions=sessions)], day)
-    assert result.u_occupied_pct == 10.42                   # 150 / 1440
-    assert result.u_charging_pct == 7.29                     # 105 / 1440
-    assert result.u_idle_pct == 3.13
-    assert result.capacity_factor_pct == 2.08                # 75 / (150 × 24)
-    assert result.sessions_per_port_day == 2
+    # OCPP 1.6: plugged 10:00–11:00 charging 10:05–10:50 (30 kWh); plugged 14:00–15:30 charging 14:00–15:00 (45 kWh)
+    history = PortHistory(
+        statuses=[(day[0], "Available"), (utc(2026, 1, 5, 10), "Preparing"), (utc(2026, 1, 5, 10, 5), "Charging"),
+                  (utc(2026, 1, 5, 10, 50), "Finishing"), (utc(2026, 1, 5, 11), "Available"),
+                  (utc(2026, 1, 5, 14), "Charging"), (utc(2026, 1, 5, 15), "Finishing"),
+                  (utc(2026, 1, 5, 15, 30), "Available")],
+        sessions=[MeteredSession(utc(2026, 1, 5, 10), utc(2026, 1, 5, 11), 0.0, 30_000.0),
+                  MeteredSession(utc(2026, 1, 5, 14), utc(2026, 1, 5, 15, 30), 100_000.0, 145_000.0)])
+    result = bucket_figures(_bucket(day, [(PortRef("CP", 1, 150.0), history)]))
+    assert result["u_occupied_pct"] == 10.42                   # 150 / 1440
+    assert result["u_charging_pct"] == 7.29                     # 105 / 1440
+    assert result["u_idle_pct"] == 3.13
+    assert result["capacity_factor_pct"] == 2.08                # 75 / (150 × 24)
+    assert result["sessions_per_port_day"] == 2
 
 
 def test_network_figures_come_from_minutes_not_averaged_percentages() -> None:
     day = (utc(2026, 1, 5), utc(2026, 1, 6))
-    busy = Port(rated_kw=50, opening=(day,), sessions=(Session(day, (day,), 1200.0),))
-    idle = Port(rated_kw=50, opening=((utc(2026, 1, 5, 6), utc(2026, 1, 5, 12)),), sessions=())
-    result = utilization([busy, idle], day)
-    assert result.u_occupied_pct == round2(1440 / (1440 + 360) * 100)   # not (100 + 0) / 2
+    busy = PortHistory(statuses=[(day[0], "Charging")], sessions=[MeteredSession(day[0], day[1], 0.0, 1_200_000.0)])
+    idle = PortRef("IDLE", 1, 50.0, closed=tuple(subtract([day], [(utc(2026, 1, 5, 6), utc(2026, 1, 5, 12))])))
+    result = bucket_figures(_bucket(day, [(PortRef("BUSY", 1, 50.0), busy), (idle, None)]))
+    assert result["u_occupied_pct"] == round2(1440 / (1440 + 360) * 100)   # not (100 + 0) / 2
 
 
 def test_post_charge_idle_of_a_16_finishing_session() -> None:
     # StopTransaction (charging ended) at 10:50, unplugged (Finishing → Available) at 11:20.
     day = (utc(2026, 1, 5), utc(2026, 1, 6))
-    session = Session((utc(2026, 1, 5, 10), utc(2026, 1, 5, 11, 20)), ((utc(2026, 1, 5, 10), utc(2026, 1, 5, 10, 50)),),
-                      20.0)
-    result = utilization([Port(rated_kw=22, opening=(day,), sessions=(session,))], day)
-    assert result.median_post_charge_idle_min == 30
-    assert result.occupied_min == 80
+    history = PortHistory(statuses=[(day[0], "Available"), (utc(2026, 1, 5, 10), "Charging"),
+                                    (utc(2026, 1, 5, 10, 50), "Finishing"), (utc(2026, 1, 5, 11, 20), "Available")])
+    [span] = port_minutes(history, day).spans
+    assert span.post_charge_idle_s == 30 * 60       # the median of one span (percentile_disc in SQL)
+    assert bucket_figures(_bucket(day, [(PortRef("CP", 1, 22.0), history)]))["occupied_min"] == 80
 
 
 @pytest.mark.parametrize("zone_name", ["America/Los_Angeles", "Asia/Kolkata", "Europe/Berlin", "America/Santiago",

@@ -19,12 +19,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from csms import __version__
+from csms.api.certificates import build_certificates_router
 from csms.api.commands import build_commands_router
+from csms.api.credentials import build_credentials_router
+from csms.api.exports import build_exports_router
 from csms.api.live import build_live_router, connected_ids
 from csms.api.ocpi import build_ocpi_router
+from csms.api.ocpp21 import build_ocpp21_router
 from csms.api.registry import build_registry_router
-from csms.api_exports import build_exports_router
-from csms.api_reporting import build_reporting_router
+from csms.api.reporting import build_reporting_router
+from csms.api.security_events import build_security_events_router
+from csms.api.tariffs import build_tariffs_router
 from csms.gateway.server import Gateway
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
@@ -84,6 +89,11 @@ def create_app(*, metrics: CollectorRegistry, api_token: str, health: HealthChec
     app.include_router(build_registry_router(pool=pool, gateway=gateway), dependencies=operator)
     app.include_router(build_live_router(pool=pool, gateway=gateway), dependencies=operator)
     app.include_router(build_commands_router(gateway=gateway), dependencies=operator)
+    app.include_router(build_certificates_router(pool=pool, gateway=gateway), dependencies=operator)
+    app.include_router(build_security_events_router(pool=pool), dependencies=operator)
+    app.include_router(build_credentials_router(pool=pool, gateway=gateway), dependencies=operator)  # key rotation
+    app.include_router(build_tariffs_router(gateway=gateway), dependencies=operator)  # OCPP 2.1 shortcuts
+    app.include_router(build_ocpp21_router(pool=pool), dependencies=operator)  # OCPP 2.1 data (issue 14)
     app.include_router(build_reporting_router(pool=pool), dependencies=operator)
     app.include_router(build_exports_router(pool=pool), dependencies=operator)
     if pool is not None:

@@ -4,13 +4,14 @@ database dependency, CSV responses. Routers hold no SQL: they call ``csms.store`
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import asyncpg
 from fastapi import HTTPException, Path, Response, status
 from pydantic import AfterValidator, PlainSerializer, WithJsonSchema
 
+from csms.common.utc import utc_text as utc_text  # re-exported: routers take it from here
 from csms.ocpp.identity import MAX_ID_LENGTH, valid_charge_point_id
 
 CHARGE_POINT_ID_PATTERN = r"^[^:/]+$"   # the OpenAPI view of csms.ocpp.identity.valid_charge_point_id
@@ -25,11 +26,6 @@ def _checked_id(value: str) -> str:
 
 CpId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=CHARGE_POINT_ID_PATTERN),
                  AfterValidator(_checked_id)]
-
-
-def utc_text(moment: datetime) -> str:
-    """The API's one time format: UTC, RFC 3339 with "Z", whole seconds (as the reporting API)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 UtcTime = Annotated[datetime, PlainSerializer(utc_text, return_type=str),

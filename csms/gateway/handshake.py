@@ -16,6 +16,8 @@ Order of checks (each refusal is an HTTP answer; no websocket is opened):
    + Retry-After, before any KDF work), and its Argon2id runs in a bounded thread pool with a bounded share
    per source (full → 503 + Retry-After). Every failure spends a token of both budgets. An HMAC credential
    under a key this process does not have → 503 (a configuration error, logged), never a guess.
+   During a key rotation (``csms.gateway.rotation``) the pending new key is accepted too (an HMAC check); the
+   first login with it makes it the credential and retires the old one (A01), in the database.
 
 Onboarding (``--onboard-unknown``) binds a credential, trust on first use: on a profile 1/2 endpoint an
 unknown id must present Basic auth with a password that meets the spec's rules; its hash is pinned with
@@ -27,6 +29,7 @@ operator (beyond: 404, no row).
 
 from __future__ import annotations
 
+import dataclasses
 import http
 import logging
 import math
@@ -58,6 +61,7 @@ from csms.store.chargers import (
     onboard_unknown,
     pending_onboarded,
 )
+from csms.store.rotation import note_old_key_login, promote_pending
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +156,11 @@ class HandshakePolicy:
                 and not record.onboarded:
             # Registered by an operator as a charger without credentials (per-charger profile 0).
             return HandshakeVerdict(record)
-        return await self._basic_auth(record, charge_point_id, source, authorization, now)
+        verdict = await self._basic_auth(record, charge_point_id, source, authorization, now)
+        if verdict.admitted and verdict.record is not None and verdict.record.pending_credential_hash is not None:
+            # The old key mid-rotation: still accepted (the rotation goes on), and audited.
+            await note_old_key_login(self._pool, charge_point_id, actor=f"charger:{charge_point_id}@{source}")
+        return verdict
 
     async def _basic_auth(self, record: ChargerRecord | None, charge_point_id: str, source: str,
                           headers: Sequence[str], now: float) -> HandshakeVerdict:
@@ -171,6 +179,11 @@ class HandshakePolicy:
             elif self.verifier.verify_cached(charge_point_id, record.credential_hash, creds.password):
                 self.metrics.credential_checks.labels("argon2id_cached").inc()
                 return HandshakeVerdict(record)
+            # Key rotation (A01): the new key, sent and not used yet, is accepted beside the old one; its first
+            # use retires the old one.
+            if record.pending_credential_hash is not None \
+                    and self._check_hmac(record.id, record.pending_credential_hash, creds):
+                return await self._promote(record, record.pending_credential_hash, source)
         refused = self._budget_refusal(record, source, charge_point_id, now)
         if refused is not None:
             return refused
@@ -215,6 +228,23 @@ class HandshakePolicy:
             self.verifier.remember(record.id, stored_hash, creds.password)
             self._upkeep.after_slow_login(record, stored_hash, creds.password)
         return HandshakeVerdict(record)
+
+    async def _promote(self, record: ChargerRecord, pending_hash: str, source: str) -> HandshakeVerdict:
+        """The first login with a rotated key: it becomes the credential and the old one is retired."""
+        rotation_id = await promote_pending(self._pool, record.id, pending_hash,
+                                            actor=f"charger:{record.id}@{source}")
+        if rotation_id is None:
+            # Someone was first: a concurrent login with the same key (admitted), or an operator's new
+            # password (this key is no longer valid).
+            fresh = await fetch_charger(self._pool, record.id)
+            if fresh is None or fresh.credential_hash != pending_hash:
+                return HandshakeVerdict(fresh, http.HTTPStatus.UNAUTHORIZED, "bad_credentials",
+                                        "wrong credentials", _WWW_AUTHENTICATE)
+            return HandshakeVerdict(fresh)
+        logger.info("charge point %s logged in with its rotated key (rotation %d): the old key is retired",
+                    record.id, rotation_id)
+        return HandshakeVerdict(dataclasses.replace(record, credential_hash=pending_hash,
+                                                    credential_origin="generated", pending_credential_hash=None))
 
     def _check_hmac(self, charge_point_id: str, stored_hash: str, creds: BasicCredentials, *,
                     count: bool = True) -> bool | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from csms.ocpp import handlers_security
 from csms.ocpp.context import BootInfo, Context, Reply, clean_text
 from csms.ocpp.handlers_common import Handler, acknowledge, int32, iso_utc, log_event, now_iso
 from csms.ocpp.normalise import EventTime, event_time, flag_outside_window, samples_v16
@@ -273,10 +274,10 @@ HANDLERS: dict[str, Handler] = {
     "FirmwareStatusNotification": acknowledge("FirmwareStatusNotification"),
     # Security Whitepaper ed. 3 messages from the charge point.
     "LogStatusNotification": acknowledge("LogStatusNotification"),
-    "SecurityEventNotification": acknowledge("SecurityEventNotification"),  # must be confirmed (A04.FR.03)
+    "SecurityEventNotification": handlers_security.security_event_notification,  # stored, confirmed (A04.FR.03)
     "SignedFirmwareStatusNotification": acknowledge("SignedFirmwareStatusNotification"),
-    # No CA is configured to sign certificates, so a CSR cannot be processed (A02.FR.11/12).
-    "SignCertificate": acknowledge("SignCertificate", {"status": "Rejected"}),
+    # Whitepaper §3.2: checked, signed by the operator CA (Rejected without one), CertificateSigned follows.
+    "SignCertificate": handlers_security.sign_certificate,
 }
 
 # Transaction-related messages (1.6 §3.7): the charger retries these on failure, so they

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from csms.ocpp import handlers_security
 from csms.ocpp.context import BootInfo, Context, Reply, clean_text
 from csms.ocpp.handlers_common import Handler, acknowledge, int32, iso_utc, log_event, now_iso
 from csms.ocpp.normalise import (
@@ -164,7 +165,7 @@ HANDLERS: dict[str, Handler] = {
     "NotifyReport": acknowledge("NotifyReport"),
     "FirmwareStatusNotification": acknowledge("FirmwareStatusNotification"),
     "LogStatusNotification": acknowledge("LogStatusNotification"),
-    "SecurityEventNotification": acknowledge("SecurityEventNotification"),  # A04.FR.03
+    "SecurityEventNotification": handlers_security.security_event_notification,  # A04: stored, confirmed
     "PublishFirmwareStatusNotification": acknowledge("PublishFirmwareStatusNotification"),
     "NotifyMonitoringReport": acknowledge("NotifyMonitoringReport"),
     "NotifyCustomerInformation": acknowledge("NotifyCustomerInformation"),
@@ -179,7 +180,8 @@ HANDLERS: dict[str, Handler] = {
     "NotifyEVChargingSchedule": acknowledge("NotifyEVChargingSchedule", {"status": "Rejected"}),
     "Get15118EVCertificate": acknowledge("Get15118EVCertificate", {"status": "Failed", "exiResponse": ""}),
     "GetCertificateStatus": acknowledge("GetCertificateStatus", {"status": "Failed"}),
-    "SignCertificate": acknowledge("SignCertificate", {"status": "Rejected"}),
+    # A02/A03: the CSR is checked, signed by the operator CA, CertificateSigned follows the answer.
+    "SignCertificate": handlers_security.sign_certificate,
 }
 
 TRANSACTION_ACTIONS = frozenset({"TransactionEvent", "MeterValues"})

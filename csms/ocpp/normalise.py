@@ -162,14 +162,90 @@ def _number(raw: object) -> float | None:
     """A finite number from a 1.6 decimal string or a 2.x JSON number (telemetry precision:
     double, ~15 significant digits; billing uses the transactions' meter readings)."""
     if isinstance(raw, str):
-        if not _DECIMAL.match(raw):
+        if raw.isascii() and raw.isprintable() and "_" not in raw:
+            # What float() reads beyond _DECIMAL here is only nan/inf/infinity, refused below as not finite.
+            try:
+                value = float(raw)
+            except ValueError:
+                return None
+        elif _DECIMAL.match(raw):  # ASCII whitespace around a decimal (and nothing float() alone would take)
+            value = float(raw)
+        else:
             return None
-        value = float(raw)
     elif isinstance(raw, int | float) and not isinstance(raw, bool):
         value = float(raw)
     else:
         return None
     return value if math.isfinite(value) else None
+
+
+class _Plan(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What one (measurand, unit, multiplier) means, computed once (not per sample): the SI unit,
+    the scaling, the plausible range and the flags that do not depend on the value."""
+
+    measurand: str
+    si_unit: str
+    factor: float
+    offset: float
+    power: float            # 10^|multiplier| (2.0.1 Part 2 §2.2), nan when beyond a double
+    divide: bool            # multiplier < 0: value / power (keeps 1234e-1 == 123.4)
+    low: float              # plausible SI range of the family (±inf when none)
+    high: float
+    static_flags: int       # FLAG_IMPLAUSIBLE_UNIT for a unit that does not fit the measurand
+    energy_register: bool
+    raw_unit: str           # as stored: the charger's unit, with e<multiplier> when scaled
+
+
+_PLANS: dict[tuple[str | None, str | None, int], _Plan] = {}
+_PLANS_MAX = 4096  # keys come from chargers (bounded by the schemas' enums in 1.6, free text in 2.x)
+
+
+def _plan(measurand: str | None, raw_unit: str | None, multiplier: int) -> _Plan:
+    key = (measurand, raw_unit, multiplier)
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
+    name = measurand or DEFAULT_MEASURAND
+    family = _family(name)
+    unit_in = raw_unit if raw_unit is not None else (family[0] if family else "")
+    si_unit, factor, offset = _UNITS.get(unit_in, (unit_in, 1.0, 0.0))
+    try:
+        power = 10.0 ** abs(multiplier)
+    except OverflowError:  # 10.0**multiplier beyond a double: no meter reads that
+        power = math.nan
+    flags = 0
+    low, high = -math.inf, math.inf
+    if family is not None:
+        _, units, (low, high) = family
+        if si_unit not in units:
+            flags |= FLAG_IMPLAUSIBLE_UNIT
+    elif unit_in and unit_in not in _UNITS:
+        flags |= FLAG_IMPLAUSIBLE_UNIT
+    plan = _Plan(name, si_unit, factor, offset, power, multiplier < 0, low, high, flags, is_energy_register(name),
+                 (unit_in if multiplier == 0 else f"{unit_in}e{multiplier}")[:32])
+    if len(_PLANS) < _PLANS_MAX:
+        _PLANS[key] = plan
+    return plan
+
+
+def _sample(time: EventTime, raw_value: object, plan: _Plan, phase: str | None, location: str, context: str,
+            connector_zero: bool, signed: bool) -> Sample:
+    number = None if signed else _number(raw_value)
+    flags = time.flags | plan.static_flags
+    value = math.nan
+    if number is not None:
+        scaled = number / plan.power if plan.divide else number * plan.power
+        value = scaled * plan.factor + plan.offset
+    if not math.isfinite(value):  # unreadable, or too large for a float (e.g. 1.7e308 × 10^3)
+        value = math.nan
+        flags |= FLAG_UNPARSEABLE_VALUE
+    elif not plan.low <= value <= plan.high:
+        flags |= FLAG_IMPLAUSIBLE_UNIT
+    if connector_zero and plan.energy_register:
+        flags |= FLAG_CONNECTOR_ZERO_TOTAL
+    raw = raw_value if type(raw_value) is str else str(raw_value)
+    return Sample(time.time, plan.measurand, phase or "", location, context, value, plan.si_unit,
+                  raw if len(raw) <= 64 else raw[:64], plan.raw_unit, flags, time.raw)
 
 
 def make_sample(*, time: datetime | EventTime, received_at: datetime, raw_value: object, raw_unit: str | None,
@@ -179,64 +255,39 @@ def make_sample(*, time: datetime | EventTime, received_at: datetime, raw_value:
     charger's timestamp (the rule of :func:`event_time` is applied) or an :class:`EventTime`."""
     if not isinstance(time, EventTime):
         time = event_time(time.isoformat(), received_at) if timestamp_flags(time, received_at) else EventTime(time)
-    measurand = measurand or DEFAULT_MEASURAND
-    family = _family(measurand)
-    unit_in = raw_unit if raw_unit is not None else (family[0] if family else "")
-    flags = time.flags
-    number = None if signed else _number(raw_value)
-    si_unit, factor, offset = _UNITS.get(unit_in, (unit_in, 1.0, 0.0))
-    value = math.nan
-    if number is not None:
-        try:  # value × 10^multiplier (2.0.1 Part 2 §2.2); dividing keeps 1234e-1 == 123.4
-            scaled = number * 10.0**multiplier if multiplier >= 0 else number / 10.0**-multiplier
-            value = scaled * factor + offset
-        except OverflowError:  # 10.0**multiplier beyond a double: no meter reads that
-            value = math.nan
-    if not math.isfinite(value):  # unreadable, or too large for a float (e.g. 1.7e308 × 10^3)
-        value = math.nan
-        flags |= FLAG_UNPARSEABLE_VALUE
-    if family is not None:
-        _, units, (low, high) = family
-        if si_unit not in units or (not math.isnan(value) and not low <= value <= high):
-            flags |= FLAG_IMPLAUSIBLE_UNIT
-    elif unit_in and unit_in not in _UNITS:
-        flags |= FLAG_IMPLAUSIBLE_UNIT
-    if connector_zero and is_energy_register(measurand):
-        flags |= FLAG_CONNECTOR_ZERO_TOTAL
-    return Sample(time=time.time, measurand=measurand, phase=phase or "", location=location or "",
-                  context=context or "", value=value, unit=si_unit, raw_value=str(raw_value)[:64],
-                  raw_unit=(unit_in if multiplier == 0 else f"{unit_in}e{multiplier}")[:32], flags=flags,
-                  raw_time=time.raw)
+    return _sample(time, raw_value, _plan(measurand, raw_unit, multiplier), phase, location or "", context or "",
+                   connector_zero, signed)
 
 
 def samples_v16(meter_values: list[dict[str, Any]], *, received_at: datetime, connector_id: int) -> list[Sample]:
     """1.6 MeterValue[] (MeterValues.meterValue or StopTransaction.transactionData)."""
     out: list[Sample] = []
+    zero = connector_id == 0
     for index, mv in enumerate(meter_values):
         ts = event_time(mv.get("timestamp"), received_at, index=index)
         for sv in mv.get("sampledValue", ()):
-            out.append(make_sample(
-                time=ts, received_at=received_at, raw_value=sv.get("value"), raw_unit=sv.get("unit"),
-                multiplier=0, measurand=sv.get("measurand"), phase=sv.get("phase"),
-                location=sv.get("location") or "Outlet", context=sv.get("context") or "Sample.Periodic",
-                connector_zero=connector_id == 0, signed=sv.get("format") == "SignedData"))
+            get = sv.get
+            out.append(_sample(ts, get("value"), _plan(get("measurand"), get("unit"), 0), get("phase"),
+                               get("location") or "Outlet", get("context") or "Sample.Periodic", zero,
+                               get("format") == "SignedData"))
     return out
 
 
 def samples_v201(meter_values: list[dict[str, Any]], *, received_at: datetime, evse_id: int) -> list[Sample]:
     """2.0.1/2.1 MeterValueType[] (MeterValues.meterValue or TransactionEvent.meterValue)."""
     out: list[Sample] = []
+    zero = evse_id == 0
     for index, mv in enumerate(meter_values):
         ts = event_time(mv.get("timestamp"), received_at, index=index)
         for sv in mv.get("sampledValue", ()):
-            uom = sv.get("unitOfMeasure") or {}
+            get = sv.get
+            uom = get("unitOfMeasure") or {}
             multiplier = uom.get("multiplier", 0)
-            out.append(make_sample(
-                time=ts, received_at=received_at, raw_value=sv.get("value"), raw_unit=uom.get("unit"),
-                multiplier=multiplier if isinstance(multiplier, int) and not isinstance(multiplier, bool)
-                and -20 <= multiplier <= 20 else 0,
-                measurand=sv.get("measurand"), phase=sv.get("phase"), location=sv.get("location") or "Outlet",
-                context=sv.get("context") or "Sample.Periodic", connector_zero=evse_id == 0))
+            if not (type(multiplier) is int and -20 <= multiplier <= 20):  # bool is no multiplier
+                multiplier = 0
+            out.append(_sample(ts, get("value"), _plan(get("measurand"), uom.get("unit"), multiplier),
+                               get("phase"), get("location") or "Outlet", get("context") or "Sample.Periodic", zero,
+                               False))
     return out
 
 

@@ -4,8 +4,10 @@
 the spec implies and returns the answer frame plus the events that must be durable
 before that answer is sent:
 
-1. the action must be known (else NotImplemented) and be one a charger sends (else
-   NotSupported) — the spec meanings (R11 [2.0.1 Part 4 §4.1.6]), not the ``ocpp`` package's swapped ones;
+1. the action must be known in the connection's version (else NotImplemented: "not known by receiver",
+   e.g. a 2.1-only action on a 2.0.1 connection) and be one a charger sends (else NotSupported:
+   "recognized but not supported", e.g. a CSMS-to-charger action) — the spec meanings (R11 [2.0.1 Part 4
+   §4.1.6]; 2.0.1/2.1 Part 4 §4.3), not the ``ocpp`` package's swapped ones;
 2. before BootNotification is Accepted only BootNotification (and what we triggered)
    is allowed (SecurityError; B01.FR.10, B02.FR.09, B03.FR.07; 1.6 errata 3.10);
 3. the payload must match the official schema (strict), unless the charger is marked
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from csms.ocpp import commands, handlers_v16, handlers_v21, handlers_v201
+from csms.ocpp import commands, directions, handlers_v16, handlers_v21, handlers_v201
 from csms.ocpp.context import Context, ProtocolState, Services
 from csms.ocpp.errors import (
     InternalError,
@@ -124,7 +126,9 @@ class OcppSession:
                     raise
                 # A tolerated payload the handler cannot read at all: refuse it after all.
                 raise InternalError(f"cannot interpret {call.action}: {type(exc).__name__}") from exc
-            if self._validate_responses:
+            # A 2.1 SEND has no response schema: it is never answered (2.1 Part 4 §4.2.4).
+            is_send = version == "2.1" and call.action in handlers_v21.SEND_ACTIONS
+            if self._validate_responses and not is_send:
                 try:
                     validate(version, call.action, reply.payload, response=True)
                 except OcppError as exc:
@@ -146,9 +150,17 @@ class OcppSession:
     def _check(self, call: Call) -> Handler:
         handler = self._handlers.get(call.action)
         if handler is None:
+            version = self.state.version
             if call.action in self._known:
-                raise NotSupportedAction(f"{call.action} is not sent by a charging station to the CSMS")
-            raise NotImplementedAction(f"unknown action {call.action[:64]!r}")
+                if call.action in directions.charger_actions(version):
+                    raise NotSupportedAction(f"{call.action} is not supported by this CSMS (OCPP {version})")
+                raise NotSupportedAction(f"{call.action} is sent by the CSMS to a charging station, not by a "
+                                         f"charging station (OCPP {version})")
+            since = directions.introduced_in(call.action)
+            if since is not None:
+                raise NotImplementedAction(f"{call.action} is not an OCPP {version} action "
+                                           f"(it is defined in OCPP {since})")
+            raise NotImplementedAction(f"unknown action {call.action[:64]!r} (OCPP {version})")
         if (self.state.registration != "Accepted" and call.action not in PRE_BOOT_ACTIONS[self.state.version]
                 and call.action not in self.state.triggered):
             raise SecurityError(f"{call.action} before BootNotification was accepted "

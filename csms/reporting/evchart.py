@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from csms.common.utc import utc_text
 from schemas.port_state import FAILED_STOP_REASONS, MIN_SUCCESS_WH
 
 MODULE_2 = ("station_id", "port_id", "network_provider", "charger_id", "session_id", "connector_id",
@@ -29,7 +30,7 @@ PAYMENT_METHODS = {"ISO14443": "rfid_membership", "ISO15693": "rfid_membership",
 
 def evchart_time(moment: datetime | None) -> str:
     """``YYYY-MM-DDTHH:MM:SSZ`` in UTC, the format EV-ChART validates."""
-    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "" if moment is None else utc_text(moment)
 
 
 def decimal2(value: float | None) -> str:

@@ -24,13 +24,17 @@ from csms.bus.inprocess import InProcessBus
 from csms.bus.metrics import BusMetrics
 from csms.bus.mqtt import MqttBus
 from csms.common.errors import ConfigurationError
+from csms.gateway.certificates import SecurityDesk
 from csms.gateway.metrics import ProcessLabelledRegistry
+from csms.gateway.rotation import RotationCampaigns
 from csms.gateway.server import Gateway
 from csms.run.compose import build_gateway
 from csms.run.embedded_pg import EmbeddedPostgres
 from csms.run.fleet import Fleet, start_fleet
 from csms.run.http_server import HttpServer, metrics_app
+from csms.run.key_rotation import start_key_rotation
 from csms.run.roles import load_ingest_role
+from csms.run.security_desk import start_security_desk
 from csms.run.workers import WorkerSlot
 from csms.store.metrics import register_pool_metrics
 from schemas.bus import Bus
@@ -95,6 +99,8 @@ class CentralSystem:
         self.sink: ClosableSink | None = None
         self.gateway: Gateway | None = None
         self.fleet: Fleet | None = None
+        self.security: SecurityDesk | None = None   # certificates and security events (issue 14)
+        self.rotations: RotationCampaigns | None = None   # key rotation campaigns (issue 14)
         self.http: HttpServer | None = None
         self._worker_stop = asyncio.Event()
         self._worker_task: asyncio.Task[None] | None = None
@@ -135,6 +141,8 @@ class CentralSystem:
                                      reuse_port=self.worker is not None)
         # The fleet registry and commands across nodes; before the first charger is accepted.
         self.fleet = await start_fleet(s, pool=self.pool, bus=self.bus, gateway=self.gateway, metrics=self.metrics)
+        self.security = start_security_desk(s, pool=self.pool, gateway=self.gateway, metrics=self.metrics)
+        self.rotations = start_key_rotation(s, pool=self.pool, gateway=self.gateway, metrics=self.metrics)
         await self.gateway.start()
         exported = ProcessLabelledRegistry(self.metrics, self.worker.labels) if self.worker else self.metrics
         app = create_app(metrics=exported, api_token=load_or_create_api_token(s), health=self.health,
@@ -179,8 +187,10 @@ class CentralSystem:
                     self.settings.shutdown_timeout_s)
         t = self.settings.shutdown_timeout_s
         steps: list[tuple[str, Callable[[], Awaitable[Any]] | None]] = [
+            ("key-rotation", self.rotations.close if self.rotations else None),   # before its chargers go
             ("gateway", (lambda: self.gateway.close(timeout_s=t)) if self.gateway else None),  # type: ignore[union-attr]
             ("fleet", (lambda: self.fleet.stop(timeout_s=t)) if self.fleet else None),  # type: ignore[union-attr]
+            ("security-desk", self.security.close if self.security else None),
             ("http", self.http.stop if self.http else None),
             ("metrics-http", self.metrics_http.stop if self.metrics_http else None),
             ("bus", self.bus.close if self.bus else None),

@@ -77,6 +77,24 @@ def generate_password() -> str:
     return secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
 
 
+# A generated 1.6 AuthorizationKey (key rotation): 20 random bytes, the longest the Security Whitepaper allows
+# ("hexadecimal represented, 20 bytes maximum, up to 40 hex digits"), sent and stored as 40 lowercase hex digits.
+# A charger presents either those digits or the 20 raw bytes; ``password_candidates`` maps the raw bytes to the
+# lowercase digits, so both verify against the one HMAC. 160 bits: beyond guessing, no stretching needed.
+AUTHORIZATION_KEY_BYTES = 20
+
+
+def generate_authorization_key() -> str:
+    """A 1.6 AuthorizationKey: 40 lowercase hex digits (20 random bytes)."""
+    return secrets.token_hex(AUTHORIZATION_KEY_BYTES)
+
+
+def generate_password_for(ocpp_version: str) -> str:
+    """A new generated password in the form the charger's version sets it: 1.6 AuthorizationKey (hex),
+    2.x SecurityCtrlr.BasicAuthPassword (40 URL-safe characters, A00.FR.205)."""
+    return generate_authorization_key() if ocpp_version == "1.6" else generate_password()
+
+
 def is_generated_form(password: str) -> bool:
     """The password has exactly the form ``generate_password`` produces: 40 characters of [A-Za-z0-9_-].
 

@@ -31,6 +31,9 @@ class ChargerRecord:
     onboarded: bool = False
     # 'generated' (HMAC), 'operator', 'onboarded' (Argon2id); None: stored before migration 0010 (Argon2id).
     credential_origin: str | None = None
+    # The HMAC of a new password sent by a key rotation and not yet used (csms.store.rotation): accepted beside
+    # credential_hash until the first login with it retires the old one (A01).
+    pending_credential_hash: str | None = None
 
     @property
     def vendor_model(self) -> tuple[str, str]:
@@ -40,13 +43,14 @@ class ChargerRecord:
 async def fetch_charger(db: Db | PoolConnectionProxy, charge_point_id: str) -> ChargerRecord | None:
     row = await db.fetchrow(
         "SELECT id, credential_hash, security_profile, registration_status, admission, tolerant, vendor, model, "
-        "onboarded_at IS NOT NULL AS onboarded, credential_origin FROM charge_points WHERE id = $1",
+        "onboarded_at IS NOT NULL AS onboarded, credential_origin, pending_credential_hash FROM charge_points "
+        "WHERE id = $1",
         charge_point_id)
     if row is None:
         return None
     return ChargerRecord(row["id"], row["credential_hash"], row["security_profile"], row["registration_status"],
                          row["admission"], row["tolerant"], row["vendor"] or "", row["model"] or "",
-                         row["onboarded"], row["credential_origin"])
+                         row["onboarded"], row["credential_origin"], row["pending_credential_hash"])
 
 
 async def pending_onboarded(db: Db | PoolConnectionProxy) -> int:
@@ -88,12 +92,30 @@ async def onboard_unknown(pool: asyncpg.Pool, charge_point_id: str, *, credentia
         return await fetch_charger(conn, charge_point_id)
 
 
+# A credential an operator sets ends a key rotation in progress: its pending key is discarded and the rotation
+# recorded cancelled (csms.store.rotation), in the same statement.
+_CANCEL_ROTATION = (
+    "WITH cancelled AS (UPDATE credential_rotations SET state = 'cancelled', updated_at = now(), "
+    "detail = 'an operator set the charger''s password' WHERE charge_point_id = $1 "
+    "AND state IN ('queued', 'sending', 'sent', 'accepted') RETURNING id), "
+    "audit AS (INSERT INTO credential_rotation_events (rotation_id, step, actor, detail) "
+    "SELECT id, 'cancelled', 'operator', 'password set by an operator' FROM cancelled) ")
+_NO_PENDING = "pending_credential_hash = NULL, pending_rotation_id = NULL, "
+
+
+async def cancel_rotation(db: Db | PoolConnectionProxy, charge_point_id: str) -> None:
+    """End the charger's key rotation in progress, if any: its credential was just replaced by an operator."""
+    await db.execute(_CANCEL_ROTATION + "UPDATE charge_points SET " + _NO_PENDING.rstrip(", ") + " WHERE id = $1 "
+                     "AND pending_rotation_id IS NOT NULL", charge_point_id)
+
+
 async def set_password(db: Db, charge_point_id: str, password: str) -> bool:
     """Replace a charger's credential (also a password pinned at onboarding) with an operator's password: Argon2id
     (its entropy is unknown). The KDF runs in a thread."""
     digest = await asyncio.to_thread(hash_password, password)
-    status = await db.execute("UPDATE charge_points SET credential_hash = $2, credential_origin = 'operator', "
-                              "updated_at = now() WHERE id = $1", charge_point_id, digest)
+    status = await db.execute(_CANCEL_ROTATION + "UPDATE charge_points SET credential_hash = $2, "
+                              "credential_origin = 'operator', " + _NO_PENDING + "updated_at = now() WHERE id = $1",
+                              charge_point_id, digest)
     return status.endswith(" 1")
 
 
@@ -103,8 +125,9 @@ async def set_generated_password(pool: asyncpg.Pool, charge_point_id: str, secre
     password = generate_password()
     async with pool.acquire() as conn, conn.transaction():
         key = await writing_key(conn, secret)
-        status = await conn.execute("UPDATE charge_points SET credential_hash = $2, credential_origin = 'generated', "
-                                    "updated_at = now() WHERE id = $1",
+        status = await conn.execute(_CANCEL_ROTATION + "UPDATE charge_points SET credential_hash = $2, "
+                                    "credential_origin = 'generated', " + _NO_PENDING + "updated_at = now() "
+                                    "WHERE id = $1",
                                     charge_point_id, key.digest(charge_point_id, password))
     return password if status.endswith(" 1") else None
 

@@ -27,7 +27,7 @@ from csms.ocpp.context import RegistrationStatus
 from csms.security.credentials import generate_password, hash_password
 from csms.security.secret import CredentialSecret
 from csms.store import countries
-from csms.store.chargers import writing_key
+from csms.store.chargers import cancel_rotation, writing_key
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +288,8 @@ async def add_charge_point(pool: asyncpg.Pool, spec: ChargePointSpec, *,
                           admission = $5, tolerant = $6, credential_origin = $7, updated_at = now()
                    WHERE id = $1""",
                 spec.id, *new.values())
+            if new["credential_hash"] != old["credential_hash"]:   # a new password ends a key rotation
+                await cancel_rotation(conn, spec.id)
         evses = _given(spec.evses, (EvseSpec(1),) if old is None else ())
         for evse in evses:
             await _save_evse(conn, spec.id, evse, country=country, time_zone=zone)

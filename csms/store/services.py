@@ -22,6 +22,8 @@ class DbServices:
     heartbeat_interval_s: int
     boot_retry_interval_s: int = 60
     free_vend: bool = False
+    # Certificate signing and security events (issue 14 items 4-5): csms.gateway.certificates.SecurityDesk.
+    security: object | None = None
 
     async def boot(self, charge_point_id: ChargePointId, info: BootInfo) -> BootDecision:
         row = await self.pool.fetchrow(

@@ -1,29 +1,17 @@
 """Reads what ports' uptime needs from TimescaleDB: the status rows outages depend on, their
-charge points' connector-0 statuses and connectivity. Port details and exclusions:
-``csms.reporting.fleet``."""
+charge points' connector-0 statuses and connectivity, and where each port's state becomes known.
+Port details and exclusions: ``csms.store.report_fleet``; the arithmetic: ``csms.reporting.outages``
+and ``csms.reporting.uptime``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import asyncpg
 
-from csms.reporting.uptime import ConnectivityRow, PortTimeline, StatusChange, lookback_start
+from csms.reporting.outages import ConnectivityRow, PortTimeline, StatusChange, lookback_start
 from schemas.intervals import Interval
-
-
-@dataclass(frozen=True, slots=True)
-class PortInfo:
-    charge_point_id: str
-    evse_id: int
-    time_zone: str
-    opening_hours: dict[str, Any] | None
-    operational_since: datetime | None
-    operational_since_source: str = "port"   # "port", "location" or "registration"
-
 
 # Only what outages depend on (so the cost follows the number of faults, not of status
 # changes): the status in force at the window's start, the first row inside it (where
@@ -92,7 +80,7 @@ WHERE nx.next_time IS NULL
 """
 
 # Connectivity in the window, and the state at its start under the epoch rule
-# (csms.reporting.uptime.offline_periods): the state is that of the highest epoch seen so
+# (csms.reporting.outages.offline_periods): the state is that of the highest epoch seen so
 # far, so it is the latest row of the highest epoch before the window — not simply the latest
 # row, which may be a replaced socket's late "disconnected". A row without an epoch (stored
 # before epochs existed) still counts when it is later than that row.
@@ -165,7 +153,7 @@ async def port_timelines(db: asyncpg.Pool, ports: Sequence[tuple[str, int]], win
     return timelines
 
 
-# Where each port's state becomes known (the same rule as ``uptime.known_since``): the window's
+# Where each port's state becomes known (the same rule as ``outages.known_since``): the window's
 # start if anything was recorded before it, else the first row inside the window, else nothing.
 _KNOWN_SINCE_SQL = """
 WITH p AS (SELECT * FROM unnest($1::text[], $2::int[]) AS p(cp, evse)),

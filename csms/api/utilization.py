@@ -14,23 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
+import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
+from csms.api.common import CpId, utc_text
 from csms.reporting import FORMULA_VERSION, round2
 from csms.reporting.calendar import WindowError, hour_of_week, report_bounds, requested_window
-from csms.reporting.fleet import READ_CONCURRENCY, FleetPort, PortKey, computed_part, fleet_ports
+from csms.reporting.fleet import FleetPort, PortKey, computed_part
 from csms.reporting.hours import opening_intervals
-from csms.reporting.queries import known_since_of
-from csms.reporting.usage import BucketUsage, PortRef, usage
+from csms.reporting.usage import BucketUsage, PortRef, bucket_figures, closed_quarters, percent
+from csms.store.report_fleet import READ_CONCURRENCY, fleet_ports, location_time_zone
+from csms.store.report_uptime import known_since_of
+from csms.store.report_usage import usage
 from schemas.intervals import Interval, intersect, subtract
-from schemas.port_state import ceil_bucket
 
 Bucket = Literal["none", "hour", "day", "week", "month"]
 Basis = Literal["operating_hours", "calendar"]
@@ -78,36 +81,10 @@ def _resolve(query: WindowQuery, zone: ZoneInfo) -> Interval:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _pct(part: float, whole: float) -> float | None:
-    return round2(part / whole * 100) if whole > 0 else None
-
-
-def _minutes(seconds: float | None) -> float | None:
-    return None if seconds is None else round2(seconds / 60)
-
-
 def figures(b: BucketUsage, zone: ZoneInfo) -> dict[str, Any]:
-    occupied, charging = b.occupied_s / 60, b.charging_s / 60
-    idle = max(0.0, occupied - charging)
-    avail = b.avail_s / 60
-    port_days = b.ports * (b.end - b.start).total_seconds() / 86400
-    return {
-        "bucket_start": _iso(b.start), "bucket_start_local": b.start.astimezone(zone).isoformat(),
-        "bucket_end": _iso(b.end), "ports": b.ports, "avail_min": round2(avail),
-        "occupied_min": round2(occupied), "charging_min": round2(charging), "idle_min": round2(idle),
-        "u_occupied_pct": _pct(occupied, avail), "u_charging_pct": _pct(charging, avail),
-        "u_idle_pct": _pct(idle, avail), "energy_kwh": round(b.energy_kwh, 3),
-        "capacity_factor_pct": _pct(b.energy_kwh, b.capacity_kwh), "sessions": b.sessions,
-        "sessions_per_port_day": round(b.sessions / port_days, 3) if port_days else None,
-        "kwh_per_port_day": round(b.energy_kwh / port_days, 3) if port_days else None,
-        "success_rate_pct": _pct(b.successes, b.sessions),
-        "median_post_charge_idle_min": _minutes(b.median_idle_s), "p90_post_charge_idle_min": _minutes(b.p90_idle_s),
-        "peak_concurrency": b.peak_concurrency,
-    }
+    """A bucket as the API gives it: its bounds (also in ``zone``), then its figures."""
+    return {"bucket_start": utc_text(b.start), "bucket_start_local": b.start.astimezone(zone).isoformat(),
+            "bucket_end": utc_text(b.end), **bucket_figures(b)}
 
 
 def _refs(ports: Sequence[FleetPort], window: Interval, basis: str) -> list[PortRef]:
@@ -159,7 +136,7 @@ def _discount_unknown(buckets: list[BucketUsage], total: BucketUsage, refs: Sequ
         head = unknown.get((ref.charge_point_id, ref.evse_id))
         if not head:
             continue
-        shut = [(ceil_bucket(s), ceil_bucket(e)) for s, e in ref.closed]
+        shut = closed_quarters(ref.closed)
         for part, exact in ((subtract(head, shut), False), (head, True)):
             for lo, hi in part:
                 i = max(0, bisect.bisect_right(starts, lo) - 1)
@@ -202,12 +179,12 @@ class _Frame:
         """Share of the ports' minutes of the requested window with their state known."""
         whole = _seconds([self.window]) * len(ports)
         known = _seconds([self.computed]) * len(ports) - sum(_seconds(v) for v in (await self.heads).values())
-        return {"period_start": _iso(self.window[0]), "period_end": _iso(self.window[1]),
-                "complete": self.complete, "computed_until": _iso(self.computed[1]),
+        return {"period_start": utc_text(self.window[0]), "period_end": utc_text(self.window[1]),
+                "complete": self.complete, "computed_until": utc_text(self.computed[1]),
                 "data_completeness": round(known / whole, 4) if whole > 0 else 0.0}
 
 
-def build_utilization_router(*, db: Any) -> APIRouter:
+def build_utilization_router(*, db: Callable[[], asyncpg.Pool]) -> APIRouter:
     """``db()`` gives the pool (or raises 503)."""
     router = APIRouter()
 
@@ -249,13 +226,13 @@ def build_utilization_router(*, db: Any) -> APIRouter:
             body.pop(key)
         return {**head, "time_zone": zone.key, "bucket": bucket, "basis": basis, **body,
                 "buckets": [b.row(zone) for b in buckets] if bucket != "none" else [],
-                "formula_version": FORMULA_VERSION, "generated_at": _iso(datetime.now(UTC))}
+                "formula_version": FORMULA_VERSION, "generated_at": utc_text(datetime.now(UTC))}
 
     async def station(location_id: str) -> tuple[list[FleetPort], ZoneInfo]:
-        row = await db().fetchrow("SELECT time_zone FROM locations WHERE id = $1", location_id)
-        if row is None:
+        time_zone = await location_time_zone(db(), location_id)
+        if time_zone is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no location {location_id}")
-        return await fleet_ports(db(), location_id=location_id), ZoneInfo(row["time_zone"])
+        return await fleet_ports(db(), location_id=location_id), ZoneInfo(time_zone)
 
     @router.get("/stations/{location_id}/utilization")
     async def station_utilization(location_id: LocationId, window: Window,
@@ -268,7 +245,7 @@ def build_utilization_router(*, db: Any) -> APIRouter:
         return {"location_id": location_id, **await report(ports, _resolve(window, zone), bucket, basis, zone, True)}
 
     @router.get("/ports/{cp_id}/{evse_id}/utilization")
-    async def port_utilization(cp_id: Annotated[str, Path(min_length=1, max_length=48, pattern=r"^[^:/]+$")],
+    async def port_utilization(cp_id: CpId,
                                evse_id: Annotated[int, Path(ge=1, le=64)],
                                window: Window, bucket: Bucket = "none",
                                basis: Basis = "operating_hours") -> dict[str, Any]:
@@ -349,7 +326,7 @@ def build_utilization_router(*, db: Any) -> APIRouter:
             item["bucket_start_local"] = label
             rows.append(item)
         return {**head, "time_zone": "station", "bucket": bucket, "basis": basis, **body, "buckets": rows,
-                "formula_version": FORMULA_VERSION, "generated_at": _iso(datetime.now(UTC))}
+                "formula_version": FORMULA_VERSION, "generated_at": utc_text(datetime.now(UTC))}
 
     @router.get("/stations/{location_id}/utilization/profile")
     async def station_profile(location_id: LocationId, window: Window,
@@ -370,9 +347,9 @@ def build_utilization_router(*, db: Any) -> APIRouter:
             slot[3] += b.energy_kwh
         return {"location_id": location_id, "time_zone": zone.key, **head, "basis": basis,
                 "slots": [{"weekday": day, "hour": hour, "avail_min": round2(v[0] / 60),
-                           "u_occupied_pct": _pct(v[1], v[0]), "u_charging_pct": _pct(v[2], v[0]),
+                           "u_occupied_pct": percent(v[1], v[0]), "u_charging_pct": percent(v[2], v[0]),
                            "energy_kwh": round(v[3], 3)}
                           for (day, hour), v in sorted(slots.items())],
-                "formula_version": FORMULA_VERSION, "generated_at": _iso(datetime.now(UTC))}
+                "formula_version": FORMULA_VERSION, "generated_at": utc_text(datetime.now(UTC))}
 
     return router

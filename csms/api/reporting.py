@@ -16,35 +16,34 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, HttpUrl, model_validator
 
-from csms.api_utilization import Window, WindowQuery, build_utilization_router
-from csms.reporting import FORMULA_VERSION, evchart, evchart_sessions
+from csms.api.common import CpId, bad_request, csv_response, database, utc_text
+from csms.api.exports import streamed_csv
+from csms.api.utilization import Window, WindowQuery, build_utilization_router
+from csms.reporting import FORMULA_VERSION, evchart
 from csms.reporting.calendar import EARLIEST, LATEST, WindowError, parse_month
-from csms.reporting.fleet import (
+from csms.reporting.fleet import FleetPort, PortKey, aggregate, computed_part
+from csms.reporting.hours import opening_intervals
+from csms.reporting.outages import Outage
+from csms.reporting.uptime import (
+    EXCLUSION_REASONS,
+    Exclusion,
+    NullReason,
+    UptimeResult,
+    nevi_window,
+    outage_exclusion,
+)
+from csms.store import evchart_sessions, report_fleet
+from csms.store.report_fleet import (
     READ_CONCURRENCY,
-    FleetPort,
-    PortKey,
-    aggregate,
-    computed_part,
+    exclusion_log,
     fleet_port,
     fleet_ports,
     fleet_uptime,
     fleet_uptime_windows,
 )
-from csms.reporting.hours import opening_intervals
-from csms.reporting.uptime import (
-    EXCLUSION_REASONS,
-    Exclusion,
-    NullReason,
-    Outage,
-    UptimeResult,
-    nevi_window,
-    outage_exclusion,
-)
 
-CpId = Annotated[str, Path(min_length=1, max_length=48, pattern=r"^[^:/]+$")]
 Year = Annotated[int, Query(ge=2020, le=2100)]
 Quarter = Annotated[int, Query(ge=1, le=4)]
 Provider = Annotated[str, Query(max_length=64, pattern=r"^[a-z0-9_]+$")]
@@ -74,14 +73,6 @@ class ExclusionIn(BaseModel):
         return self
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _bad(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_400_BAD_REQUEST, message)
-
-
 @dataclass(frozen=True, slots=True)
 class UptimeWindow:
     """How the caller gave the window: NEVI's report month, or a generic/UK window."""
@@ -108,7 +99,7 @@ class UptimeWindow:
                                   "local_date, month or year")
             return self.query.window(ZoneInfo(time_zone))
         except WindowError as exc:
-            raise _bad(str(exc)) from exc
+            raise bad_request(str(exc)) from exc
 
 
 def _reasons(reasons: list[NullReason]) -> list[dict[str, str]]:
@@ -119,9 +110,9 @@ def _view(result: UptimeResult, port: FleetPort, label: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "charge_point_id": port.info.charge_point_id, "evse_id": port.info.evse_id, "method": result.method,
         "window": label, "time_zone": port.info.time_zone,
-        "period_start": _iso(result.period_start), "period_end": _iso(result.period_end),
+        "period_start": utc_text(result.period_start), "period_end": utc_text(result.period_end),
         "complete": result.complete,
-        "computed_until": _iso(result.computed_until or result.period_end),
+        "computed_until": utc_text(result.computed_until or result.period_end),
         "minutes_in_period": round(result.minutes_in_period, 2), "minutes_known": round(result.minutes_known, 2),
         "denominator_minutes": result.denominator_minutes,
         "t_outage_min": result.t_outage_min, "t_excluded_min": result.t_excluded_min,
@@ -130,11 +121,11 @@ def _view(result: UptimeResult, port: FleetPort, label: str) -> dict[str, Any]:
         "meets_requirement": result.meets_requirement,
         "meets_requirement_null_reasons": _reasons(result.verdict_null_reasons),
         "eligible": result.eligible,
-        "operational_since": _iso(port.info.operational_since) if port.info.operational_since else None,
+        "operational_since": utc_text(port.info.operational_since) if port.info.operational_since else None,
         "operational_since_source": port.info.operational_since_source,
         "pro_rata_uptime_pct": result.pro_rata_uptime_pct, "data_completeness": result.data_completeness,
-        "known_since": _iso(result.known_since) if result.known_since else None,
-        "formula_version": FORMULA_VERSION, "generated_at": _iso(datetime.now(UTC)),
+        "known_since": utc_text(result.known_since) if result.known_since else None,
+        "formula_version": FORMULA_VERSION, "generated_at": utc_text(datetime.now(UTC)),
     }
     if result.method == "uk":
         body["exclusions_not_applied_min"] = result.exclusions_not_applied_min
@@ -144,8 +135,8 @@ def _view(result: UptimeResult, port: FleetPort, label: str) -> dict[str, Any]:
 def _outage_view(outage: Outage, applied: list[Exclusion], opening: list[tuple[datetime, datetime]],
                  window: tuple[datetime, datetime]) -> dict[str, Any]:
     excluded = outage_exclusion(outage, applied, opening, window)
-    return {"outage_id": outage.outage_id, "started_at": outage.outage_id, "start": _iso(outage.start),
-            "end": _iso(outage.end), "continues": outage.continues, "duration_min": round(outage.minutes, 2),
+    return {"outage_id": outage.outage_id, "started_at": outage.outage_id, "start": utc_text(outage.start),
+            "end": utc_text(outage.end), "continues": outage.continues, "duration_min": round(outage.minutes, 2),
             "detection": outage.detection, "scope": outage.scope, "cause": outage.cause,
             "excluded": excluded.reason is not None, "excluded_min": round(excluded.excluded_min, 2),
             "exclusion_reason": excluded.reason,
@@ -163,10 +154,7 @@ async def _port(db: asyncpg.Pool, cp_id: str, evse_id: int) -> FleetPort:
 def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
     router = APIRouter(prefix="/api/v1/reporting", tags=["reporting"])
 
-    def db() -> asyncpg.Pool:
-        if pool is None:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no database on this role")
-        return pool
+    db = database(pool)
 
     @router.get("/ports/{cp_id}/{evse_id}/uptime")
     async def port_uptime(
@@ -202,35 +190,27 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
             db(), [port], "generic", [span], now=datetime.now(UTC), offline_grace_s=offline_grace_s)
         computed = (span[0], result.computed_until or span[1])
         opening = opening_intervals(port.info.opening_hours, port.info.time_zone, computed)
-        return {"charge_point_id": cp_id, "evse_id": evse_id, "window": label, "period_start": _iso(span[0]),
-                "period_end": _iso(span[1]), "complete": result.complete, "computed_until": _iso(computed[1]),
+        return {"charge_point_id": cp_id, "evse_id": evse_id, "window": label, "period_start": utc_text(span[0]),
+                "period_end": utc_text(span[1]), "complete": result.complete, "computed_until": utc_text(computed[1]),
                 "outages": [_outage_view(o, applied, opening, computed) for o in result.outages],
                 "formula_version": FORMULA_VERSION, "data_completeness": result.data_completeness,
-                "generated_at": _iso(datetime.now(UTC))}
+                "generated_at": utc_text(datetime.now(UTC))}
 
     @router.post("/ports/{cp_id}/{evse_id}/exclusions", status_code=status.HTTP_201_CREATED)
     async def add_exclusion(cp_id: CpId, evse_id: EvseId, body: ExclusionIn) -> dict[str, Any]:
         """Record why an outage should not count (append-only; a later entry for the same span wins)."""
         await _port(db(), cp_id, evse_id)
-        row = await db().fetchrow(
-            """INSERT INTO outage_exclusions (charge_point_id, evse_id, starts_at, ends_at, reason, notes,
-                                              evidence_urls, claimed_by)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, created_at""",
-            cp_id, evse_id, body.starts_at, body.ends_at, body.reason, body.notes,
-            [str(u) for u in body.evidence_urls], body.claimed_by)
-        assert row is not None
-        return {"id": row["id"], "created_at": _iso(row["created_at"])}
+        row = await report_fleet.add_exclusion(db(), cp_id, evse_id, body.starts_at, body.ends_at, body.reason,
+                                               body.notes, [str(u) for u in body.evidence_urls], body.claimed_by)
+        return {"id": row["id"], "created_at": utc_text(row["created_at"])}
 
     @router.get("/ports/{cp_id}/{evse_id}/exclusions")
     async def list_exclusions(cp_id: CpId, evse_id: EvseId) -> list[dict[str, Any]]:
         """The whole audit trail of exclusions for the port, oldest first."""
         await _port(db(), cp_id, evse_id)
-        rows = await db().fetch(
-            "SELECT id, starts_at, ends_at, reason, notes, evidence_urls, claimed_by, created_at "
-            "FROM outage_exclusions WHERE charge_point_id = $1 AND evse_id = $2 ORDER BY id LIMIT 10000",
-            cp_id, evse_id)
-        return [{**dict(r), "starts_at": _iso(r["starts_at"]), "ends_at": _iso(r["ends_at"]),
-                 "created_at": _iso(r["created_at"])} for r in rows]
+        rows = await exclusion_log(db(), cp_id, evse_id)
+        return [{**r, "starts_at": utc_text(r["starts_at"]), "ends_at": utc_text(r["ends_at"]),
+                 "created_at": utc_text(r["created_at"])} for r in rows]
 
     @router.get("/exports/ev-chart/module-2.csv", response_class=Response)
     async def evchart_module_2(year: Year, quarter: Quarter, network_provider: Provider = "other") -> Response:
@@ -245,8 +225,7 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
                                     "location: fix the registry") from None
         body = evchart_sessions.stream_module_2(db(), quarters, network_provider)
         filename = f"module2_{year}_Q{quarter}.csv"
-        return StreamingResponse(body, media_type="text/csv; charset=utf-8",
-                                 headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        return streamed_csv(body, filename)
 
     @router.get("/exports/ev-chart/module-3.csv", response_class=Response)
     async def evchart_module_3(year: Year, quarter: Quarter, network_provider: Provider = "other",
@@ -278,7 +257,7 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
                      evchart.decimal2(result.t_outage_min), evchart.decimal2(result.t_excluded_min))
                     for w, (result, _) in zip(ended, per_window, strict=True)]
         rows = [row for port in ports for row in rows_of.get(port.key, [])]
-        return _csv(evchart.to_csv(evchart.MODULE_3, rows), f"module3_{year}_Q{quarter}.csv")
+        return csv_response(evchart.to_csv(evchart.MODULE_3, rows), f"module3_{year}_Q{quarter}.csv")
 
     @router.get("/exports/ev-chart/module-4.csv", response_class=Response)
     async def evchart_module_4(year: Year, quarter: Quarter, network_provider: Provider = "other",
@@ -309,7 +288,7 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
                            _notes(outage, excluded.excluded_min, excluded.notes) if excluded.reason else "")
                 rows.append(row)
         columns = evchart.MODULE_4_EXCLUSIONS if with_exclusions else evchart.MODULE_4
-        return _csv(evchart.to_csv(columns, rows), f"module4_{year}_Q{quarter}.csv")
+        return csv_response(evchart.to_csv(columns, rows), f"module4_{year}_Q{quarter}.csv")
 
     @router.get("/uptime")
     async def fleet_uptime_report(
@@ -343,12 +322,12 @@ def build_reporting_router(*, pool: asyncpg.Pool | None) -> APIRouter:
         def group(name: str, members: list[UptimeResult]) -> dict[str, Any]:
             body = aggregate(members)
             until = body["computed_until"]
-            return {"group": name, **body, "computed_until": _iso(until) if isinstance(until, datetime) else None}
+            return {"group": name, **body, "computed_until": utc_text(until) if isinstance(until, datetime) else None}
 
         return {"method": method, "group_by": group_by, "report_month": report_month,
                 "window": spec.resolve(method, "UTC")[1],
                 "groups": [group(name, members) for name, members in groups.items()],
-                "formula_version": FORMULA_VERSION, "generated_at": _iso(datetime.now(UTC))}
+                "formula_version": FORMULA_VERSION, "generated_at": utc_text(datetime.now(UTC))}
 
     router.include_router(build_utilization_router(db=db))
 
@@ -361,7 +340,3 @@ def _notes(outage: Outage, excluded_min: float, notes: str) -> str:
     text = "; ".join(part for part in (head, notes.strip()) if part)
     return text[:EVCHART_NOTES_CHARS]
 
-
-def _csv(body: bytes, filename: str) -> Response:
-    return Response(body, media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -1,4 +1,4 @@
-"""EV-ChART module 2 (charging sessions, reporting.md §1.5), streamed (``csms.reporting.csv_stream``).
+"""EV-ChART module 2 (charging sessions, reporting.md §1.5), streamed (``csms.store.csv_stream``).
 
 One row per session that started in the quarter at its station (months are station-local: the
 quarter in the station's IANA zone, as modules 3 and 4), in start order; columns, byte-order mark,
@@ -6,7 +6,7 @@ CRLF and ``…Z`` times as :mod:`csms.reporting.evchart` writes them. Values are
 PostgreSQL: energy_kwh = max(meterStop − meterStart, 0) in kWh rounded half up to 0.01 (exact
 decimal arithmetic on the stored meter readings); power_kw = the session's highest phase-less
 Power.Active.Import sample between its start and its stop (while open: so far), read from the
-roll-up's per-session summary or computed from the samples (``csms.reporting.session_rows``);
+roll-up's per-session summary or computed from the samples (``csms.store.session_rows``);
 session_error = the failure stop reason, or NoEnergyDelivered below 0.5 kWh (``evchart.session_error``).
 """
 
@@ -18,10 +18,11 @@ from datetime import datetime
 
 import asyncpg
 
-from csms.reporting import csv_stream, evchart, session_rows
+from csms.reporting import evchart
+from csms.store import csv_stream, session_rows
 from schemas.port_state import FAILED_STOP_REASONS, MIN_SUCCESS_WH
 
-ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
+ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'   # csms.api.common.utc_text, as PostgreSQL's to_char
 Interval = tuple[datetime, datetime]
 
 

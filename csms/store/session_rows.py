@@ -13,7 +13,7 @@ session is behind such a mark). For every other session (still open, stopped aft
 roll-up, touched since, no row) the figures are computed from its samples in the same statement,
 with the same aggregates: an export never waits for the roll-up and never differs from it.
 
-SQL shape, for ``csms.reporting.csv_stream``: ``$1``/``$2`` the slice of ``started_at``, then the
+SQL shape, for ``csms.store.csv_stream``: ``$1``/``$2`` the slice of ``started_at``, then the
 export's filter arguments (the same numbers in the bounds and the rows statement), then the rows
 statement's other arguments, and last the time span of the unsettled sessions' samples (two
 constants, so that only those chunks are read; an empty span when every session is settled).

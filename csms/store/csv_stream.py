@@ -125,7 +125,7 @@ async def stream(pool: asyncpg.Pool, *, columns: Sequence[str], window: tuple[da
                  args: Sequence[object] = ()) -> AsyncGenerator[bytes, None]:
     """The header, then the rows of each slice [lo, hi) of ``window``. ``bounds_sql`` ($1 lo, $2 hi,
     then ``bounds_args``) gives the slice's row count ``n`` and the span ``raw_lo``/``raw_hi`` of the
-    samples its rows read (NULL: none; ``csms.reporting.session_rows``); ``rows_sql`` its rows,
+    samples its rows read (NULL: none; ``csms.store.session_rows``); ``rows_sql`` its rows,
     ordered: (when no samples are read: $1 lo, $2 hi, then ``args``; otherwise the same and that span).
 
     With a second connection free in the pool, both share one snapshot (``pg_export_snapshot``): while
