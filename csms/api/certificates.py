@@ -38,6 +38,11 @@ class SignedCertificateOut(BaseModel):
     issued_at: UtcTime
     accepted: bool = Field(description="the charger answered CertificateSigned Accepted")
     renewal_requested_at: UtcTime | None
+    origin: Literal["signed", "presented"] = Field(
+        description="signed: by the operator CA on a SignCertificate; presented: first seen as the charger's TLS "
+                    "client certificate (security profile 3), e.g. a factory certificate")
+    last_presented_at: UtcTime | None = Field(description="the last profile 3 handshake that presented it")
+    last_evidence_at: UtcTime = Field(description="last_presented_at, else issued_at: the newest is current")
 
 
 class SignRequestOut(BaseModel):
@@ -64,7 +69,9 @@ class CertificateCommandOut(BaseModel):
 
 class ChargerCertificatesOut(BaseModel):
     charge_point_id: str
-    current: SignedCertificateOut | None = Field(description="the accepted station certificate expiring last")
+    current: SignedCertificateOut | None = Field(
+        description="the station certificate in use: the one last presented at a profile 3 handshake, or one "
+                    "signed and accepted since")
     certificates: list[SignedCertificateOut]
     sign_requests: list[SignRequestOut]
     commands: list[CertificateCommandOut]
@@ -131,7 +138,8 @@ def build_certificates_router(*, pool: asyncpg.Pool | None, gateway: Gateway | N
         conn = db()
         certs = [SignedCertificateOut(**row) for row in await store.charger_certificates(conn, cp_id)]
         accepted = [c for c in certs if c.accepted and c.certificate_type == "ChargingStationCertificate"]
-        current = max(accepted, key=lambda c: c.not_after, default=None)
+        # The same rule as the expiry metric (csms.store.certificates): the newest evidence of use is current.
+        current = max(accepted, key=lambda c: (c.last_evidence_at, c.not_after), default=None)
         return ChargerCertificatesOut(
             charge_point_id=cp_id, current=current, certificates=certs,
             sign_requests=[SignRequestOut(**row) for row in await store.charger_requests(conn, cp_id)],

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from csms.common.errors import ChargerCommandError
@@ -32,7 +35,7 @@ from csms.gateway.connection import ChargerConnection
 from csms.gateway.server import Gateway
 from csms.ocpp.certificates import CsrPolicy, SecurityEvent, SignDecision, SignRequest
 from csms.ocpp.handlers_security import CRITICAL_EVENTS, event_label
-from csms.security.ca import OperatorCa
+from csms.security.ca import OperatorCa, describe
 from csms.store import certificates as store
 from csms.store.security_events import store_event
 
@@ -40,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 _STATION = "ChargingStationCertificate"
+_PRESENTED_REMEMBERED = 200_000   # ~100 bytes each
+_PRESENTED_REFRESH_S = 3600.0      # last_presented_at is kept to the hour: one upsert per charger and hour at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,7 @@ class SecurityDesk:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=sign_queue_max)
         self._tasks: list[asyncio.Task[None]] = []
         self._recount = asyncio.Event()
+        self._presented: dict[tuple[str, bytes], float] = {}   # (charger, certificate digest) → recorded at
 
     @property
     def csr_policy(self) -> CsrPolicy | None:
@@ -155,6 +161,25 @@ class SecurityDesk:
         return new
 
     # --- signing -------------------------------------------------------------------------------------------
+
+    async def record_presented(self, charge_point_id: str, der: bytes) -> None:
+        """A client certificate admitted at a profile 3 handshake (Gateway.client_certificate_seen): recorded
+        (at most once an hour per charger and certificate), before the upgrade, so that its expiry counts from
+        the charger's first message on."""
+        key = (charge_point_id, hashlib.sha256(der).digest())
+        seen = self._presented.get(key)
+        if seen is not None and time.monotonic() - seen < _PRESENTED_REFRESH_S:
+            return
+        try:
+            certificate = describe(x509.load_der_x509_certificate(der))
+            await store.record_presented(self._pool, charge_point_id=charge_point_id, certificate=certificate)
+        except (ValueError, *_DB_ERRORS) as exc:
+            logger.warning("client certificate of %s not recorded: %s", charge_point_id, exc)
+            return
+        if len(self._presented) >= _PRESENTED_REMEMBERED:   # bounded: forgetting costs one more upsert
+            self._presented.clear()
+        self._presented[key] = time.monotonic()
+        self._recount.set()
 
     async def _sign_forever(self) -> None:
         while True:

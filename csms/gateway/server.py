@@ -31,6 +31,7 @@ from csms.gateway.handshake import HandshakePolicy
 from csms.gateway.live import Admission, Admissions, LiveConnections
 from csms.gateway.metrics import GatewayMetrics
 from csms.gateway.remote import CommandRouter
+from csms.gateway.tls_peer import client_certificate_cn, client_certificate_der
 from csms.ocpp.context import ProtocolState, Services
 from csms.ocpp.identity import SUPPORTED_SUBPROTOCOLS, choose_subprotocol, ocpp_version_of, parse_charge_point_id
 from csms.ocpp.session import OcppSession
@@ -52,19 +53,6 @@ DEFLATE_NO_CONTEXT_TAKEOVER = True
 # Share of the shutdown timeout a rate-limited drain may spend spreading its closes; the rest is
 # for the last closes (all at once) and their handlers recording the disconnects.
 DRAIN_SHARE_OF_SHUTDOWN = 0.5
-
-
-def client_certificate_cn(connection: ServerConnection) -> str | None:
-    """The subject commonName of a verified client certificate (security profile 3)."""
-    transport = connection.transport
-    cert = transport.get_extra_info("peercert") if transport is not None else None
-    if not cert:
-        return None
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +111,8 @@ class Gateway:
         # The fleet registry and commands across nodes (fleet.py, remote.py); None: this process alone.
         self.fleet: FleetDirectory | None = None
         self.router: CommandRouter | None = None
+        # Told of every admitted client certificate (profile 3), so that a factory certificate's expiry is known.
+        self.client_certificate_seen: Callable[[str, bytes], Awaitable[None]] | None = None
 
     def attach_fleet(self, fleet: FleetDirectory, router: CommandRouter) -> None:
         self.fleet, self.router = fleet, router
@@ -210,6 +200,8 @@ class Gateway:
                 self._metrics.handshake_failures.labels("internal_error").inc()
                 return _http_error(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "try again later",
                                    {"Retry-After": "1"})
+        if self.client_certificate_seen is not None and (der := client_certificate_der(connection)) is not None:
+            await self.client_certificate_seen(cp_id, der)   # never raises: the desk logs its own failures
         return None
 
     async def live_connection(self, charge_point_id: str) -> ChargerConnection | None:

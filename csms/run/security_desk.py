@@ -41,5 +41,6 @@ def start_security_desk(s: Settings, *, pool: asyncpg.Pool, gateway: Gateway,
     services = gateway._services
     if isinstance(services, DbServices):
         services.security = desk
+    gateway.client_certificate_seen = desk.record_presented
     desk.start()
     return desk

@@ -18,7 +18,9 @@ from csms.security.ca import IssuedCertificate
 _CURRENT = """SELECT DISTINCT ON (charge_point_id) charge_point_id, serial, not_after, renewal_requested_at
               FROM charger_certificates
               WHERE accepted AND certificate_type = 'ChargingStationCertificate' {where}
-              ORDER BY charge_point_id, not_after DESC"""
+              ORDER BY charge_point_id, coalesce(last_presented_at, issued_at) DESC, not_after DESC"""
+# The charger's current certificate: the one with the latest evidence of use — presented at a handshake, or
+# else signed by us (and accepted) after the last one it presented.
 
 
 async def record_request(pool: asyncpg.Pool, *, charge_point_id: str, received_at: datetime, ocpp_version: str,
@@ -42,6 +44,18 @@ async def record_signed(pool: asyncpg.Pool, *, request_id: int, charge_point_id:
             issued.not_after, issued.pem_chain)
         await conn.execute("UPDATE certificate_requests SET signed_serial = $2 WHERE id = $1", request_id,
                            issued.serial)
+
+
+async def record_presented(pool: asyncpg.Pool, *, charge_point_id: str, certificate: IssuedCertificate) -> None:
+    """A certificate the charger presented at a profile 3 handshake: recorded (origin 'presented' unless we
+    signed it), its last use now."""
+    await pool.execute(
+        """INSERT INTO charger_certificates (charge_point_id, serial, certificate_type, subject, issuer, not_before,
+                                             not_after, certificate_pem, accepted, origin, last_presented_at)
+           VALUES ($1, $2, 'ChargingStationCertificate', $3, $4, $5, $6, $7, true, 'presented', now())
+           ON CONFLICT (charge_point_id, serial) DO UPDATE SET last_presented_at = now(), accepted = true""",
+        charge_point_id, certificate.serial, certificate.subject, certificate.issuer, certificate.not_before,
+        certificate.not_after, certificate.pem_chain)
 
 
 async def record_delivery(pool: asyncpg.Pool, *, request_id: int, charge_point_id: str, serial: str | None,
@@ -111,8 +125,10 @@ async def charger_certificates(pool: asyncpg.Pool, charge_point_id: str, *, limi
                                ) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         """SELECT serial, certificate_type, subject, issuer, not_before, not_after, issued_at, accepted,
-                  renewal_requested_at
-           FROM charger_certificates WHERE charge_point_id = $1 ORDER BY issued_at DESC LIMIT $2""",
+                  renewal_requested_at, origin, last_presented_at,
+                  coalesce(last_presented_at, issued_at) AS last_evidence_at
+           FROM charger_certificates WHERE charge_point_id = $1
+           ORDER BY coalesce(last_presented_at, issued_at) DESC LIMIT $2""",
         charge_point_id, limit)
     return [dict(r) for r in rows]
 
