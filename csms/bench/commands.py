@@ -155,6 +155,17 @@ async def _measure(cluster: BenchCluster, folder: Path, count: int) -> dict[str,
             "added_p99_ms": round(remote["p99_ms"] - local["p99_ms"], 3)}
 
 
+def render(result: dict[str, Any]) -> str:
+    lines = ["| path | commands | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
+    for key, name in (("local", "local: API of the node holding the charger"),
+                      ("cross_node", "cross-node: API of another node, over the broker")):
+        r = result[key]
+        lines.append(f"| {name} | {result['count']:,} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} |")
+    lines += ["", f"Added by the broker hop: {result['added_p50_ms']} ms at p50, {result['added_p99_ms']} ms at p99; "
+              f"{result['failures']} failed."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m csms.bench.commands", description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300, help="commands per path (bounded: 1..10000)")

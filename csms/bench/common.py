@@ -132,9 +132,12 @@ def csms_ingest(*, database_url: str, mqtt_url: str, data_dir: Path, log: IO[byt
                             stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
 
 
-def raw_server(kind: str, port: int, *, deflate: str = "none", cpu: int | None = None) -> subprocess.Popen[bytes]:
-    """A baseline server from ``csms.bench.servers`` (``echo`` or ``ocpp-lib``)."""
-    return subprocess.Popen([sys.executable, "-m", "csms.bench.servers", kind, str(port), deflate],
+def raw_server(kind: str, port: int, *, deflate: str = "none", cpu: int | None = None,
+               reuse_port: bool = False) -> subprocess.Popen[bytes]:
+    """A baseline server from ``csms.bench.servers`` (``echo`` or ``ocpp-lib``); ``reuse_port``: one of
+    several echo processes sharing the port (SO_REUSEPORT), like the workers of ``--workers N``."""
+    return subprocess.Popen([sys.executable, "-m", "csms.bench.servers", kind, str(port), deflate,
+                             *(["reuse"] if reuse_port else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=(lambda: pin(cpu)) if cpu is not None else None)
 

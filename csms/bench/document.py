@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from csms.bench import connections, machine, ocpp_throughput, plots, steady, storm
+from csms.bench import commands, connections, machine, ocpp_throughput, plots, scale, steady, storm
 
 _UNSET = "–"
 
@@ -79,15 +79,37 @@ _SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
      "same fleet against the raw websockets echo server; for CALL→row also one client COPYing 10 rows per "
      "transaction with nothing else running (the commit floor).",
      steady.render),
-    ("reconnect_storm", "5. Reconnect storm",
+    ("fleet_workers", "5. A fleet across gateway workers",
+     "`csms serve --workers N` (SO_REUSEPORT) on the benchmark's PostgreSQL, a private Mosquitto and one "
+     "`csms ingest`. Chargers offer permessage-deflate, come from several load-generator processes (each from "
+     "its own 127.0.0.x address, at most 20,000 open files per process here) and are added in steps; each "
+     "step must connect, authenticate, boot, report status and start a transaction within a bound, or the "
+     "climb stops there and what ran out is named from measurements (load-generator and worker CPU, memory "
+     "available, the fullest worker's open files, connections per source address). RSS per connection = "
+     "(summed RSS of every worker − the idle workers) / chargers held. Then every charger held sends a "
+     "10-sample MeterValues per interval at its own phase for a bounded time: CALL→CALLRESULT at the charger, "
+     "CALL→row committed from commit timestamps, stored rows against answered MeterValues. Baseline: the same "
+     "fleet and load against N raw websockets echo processes sharing the port with the same deflate windows.",
+     scale.render),
+    ("reconnect_storm", "6. Reconnect storm",
      "N chargers connected and booted; then (drop) every TCP connection is aborted at once while the server "
      "keeps running, or (restart) the server is stopped with SIGTERM — it closes every charger with 1001 — "
      "and started again. Timed from that moment until every charger has reconnected, been authenticated and "
      "had a BootNotification accepted (chargers here boot again on every reconnect, the worst case). A failed "
      "attempt is retried after 0.25–0.75 s, far more aggressively than real chargers back off, so the server "
      "is the limit. After a restart the verified-credential cache is empty: every charger costs one Argon2id "
-     "check at the production cost. Baseline: the same storms against the raw websockets server.",
+     "check at the production cost. Baseline: the same storms against the raw websockets server. With "
+     "several workers (issue 13) the restart is every worker SIGKILLed at once and started again by the "
+     "supervisor (raw: N echo processes on the port, killed and started again; no drop storm then); chargers "
+     "carry HMAC credentials of generated passwords, and an Argon2id-only variant (fewer chargers, to bound the run) "
+     "shows the old cost as a rate.",
      storm.render),
+    ("command_latency", "7. Command latency: local vs cross-node",
+     "Two `csms serve` nodes on one database and one Mosquitto, one charger on node B answering every CALL at "
+     "once. ClearCache through B's API (local) and through A's API (A finds the charger in the fleet registry "
+     "and sends the command over the broker to B, which writes it to the socket and publishes the reply), "
+     "alternating, one at a time; the HTTP round trip of each.",
+     commands.render),
 ]
 
 
@@ -128,7 +150,7 @@ def render(data: dict[str, Any], *, command: str, reports_render: Callable[[dict
                 out += [f"![server RSS against connections held]({plots.RSS_PNG})", ""]
             if key == "steady_fleet" and data.get("plots", {}).get("latency"):
                 out += [f"![latency percentiles against fleet size]({plots.LATENCY_PNG})", ""]
-    out += ["## 6. Report query times on generated history", ""]
+    out += ["## 8. Report query times on generated history", ""]
     result = b.get("report_queries")
     if result is None:
         out += ["Not run: `csms/bench/reports.py` is not in this tree yet (integration point in "

@@ -11,7 +11,10 @@ optionally ``:nct`` (no context takeover either way: the compression state lives
 message is compressed or decompressed, so an idle connection keeps no zlib memory) or ``:snct``
 (server_no_context_takeover only: the server's compressor is per message, its decompressor stays).
 
-Usage: python -m csms.bench.servers echo|ocpp-lib PORT [DEFLATE]
+REUSE (echo only, ``reuse``): bind with SO_REUSEPORT, so that several echo processes share one port as the
+gateway workers of ``csms serve --workers N`` do (the raw baseline of the fleet across workers).
+
+Usage: python -m csms.bench.servers echo|ocpp-lib PORT [DEFLATE [REUSE]]
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def _deflate(spec: str) -> dict[str, Any]:
         compress_settings={"memLevel": int(mem_level)})]}
 
 
-async def _echo(port: int, deflate: str) -> None:
+async def _echo(port: int, deflate: str, reuse_port: bool = False) -> None:
     from websockets.asyncio.server import ServerConnection, serve
 
     async def handler(ws: ServerConnection) -> None:
@@ -46,7 +49,7 @@ async def _echo(port: int, deflate: str) -> None:
                 await ws.send(json.dumps([3, msg[1], {}]))
 
     async with serve(handler, "127.0.0.1", port, subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                     ping_interval=None, max_size=2**20, **_deflate(deflate)):
+                     ping_interval=None, max_size=2**20, reuse_port=reuse_port, **_deflate(deflate)):
         await asyncio.Future()
 
 
@@ -84,7 +87,8 @@ def main() -> None:
     logging.getLogger("ocpp").setLevel(logging.CRITICAL)
     kind, port = sys.argv[1], int(sys.argv[2])
     deflate = sys.argv[3] if len(sys.argv) > 3 else "none"
-    asyncio.run(_echo(port, deflate) if kind == "echo" else _ocpp_lib(port))
+    reuse = len(sys.argv) > 4 and sys.argv[4] == "reuse"
+    asyncio.run(_echo(port, deflate, reuse) if kind == "echo" else _ocpp_lib(port))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The benchmark suite: every benchmark in one command, a JSON file, a Markdown report, plots.
 
-    python -m csms.bench                 # full run (bounded: about 15 minutes on 2 cores) into docs/
+    python -m csms.bench                 # full run (bounded: about 35 minutes on 2 cores) into docs/
     python -m csms.bench --quick --out /tmp/bench   # smoke size, seconds; what the test suite runs
     python -m csms.bench --only storm,steady        # a subset
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from csms.bench import connections, document, machine, ocpp_throughput, plots, steady, storm, summary
+from csms.bench import commands, connections, document, machine, ocpp_throughput, plots, scale, steady, storm, summary
 from csms.bench.common import BenchCluster
 
 SHARED_NOTE = ("shared: other engineers' builds and tests ran on the same 2 cores during the run; "
@@ -47,6 +47,16 @@ class Profile:
     fleet_duration_s: float
     fleet_interval_s: float
     storm_chargers: int
+    storm_workers: int         # the storm's server: csms serve --workers N (raw: N echo processes)
+    storm_argon2id_chargers: int   # the Argon2id-only variant, fewer to bound the run (its rate is reported)
+    storm_argon2id_timeout_s: float
+    scale_workers: int         # the fleet across workers (issue 13)
+    scale_steps: tuple[int, ...]
+    scale_step_timeout_s: float
+    scale_duration_s: float
+    scale_interval_s: float
+    scale_per_process: int
+    command_count: int         # commands per path (local, cross-node)
     report_ports: int
     report_months: int
     per_process: int           # chargers per load-generator process
@@ -55,17 +65,24 @@ class Profile:
 
 QUICK = Profile(name="quick", throughput_connections=4, throughput_seconds=1.0, hold_steps=(10, 20),
                 ingest_samples=5000, fleet_sizes=(5, 10), fleet_duration_s=1.0, fleet_interval_s=0.5,
-                storm_chargers=10, report_ports=4, report_months=2, per_process=10, ready_timeout_s=60.0)
+                storm_chargers=10, storm_workers=2, storm_argon2id_chargers=10, storm_argon2id_timeout_s=60.0,
+                scale_workers=2, scale_steps=(6, 12), scale_step_timeout_s=60.0, scale_duration_s=1.0,
+                scale_interval_s=0.5, scale_per_process=4, command_count=10, report_ports=4,
+                report_months=2, per_process=10, ready_timeout_s=60.0)
 # The largest step stays below the 20,000 open files a process may hold here (the server also
 # needs its database, broker and listening sockets).
 FULL = Profile(name="full", throughput_connections=50, throughput_seconds=8.0,
                hold_steps=(1000, 5000, 10000, 19000), ingest_samples=200_000, fleet_sizes=(1000, 5000, 10000),
-               fleet_duration_s=20.0, fleet_interval_s=10.0, storm_chargers=5000, report_ports=1000,
+               fleet_duration_s=20.0, fleet_interval_s=10.0, storm_chargers=20_000, storm_workers=4,
+               storm_argon2id_chargers=2000, storm_argon2id_timeout_s=90.0, scale_workers=4,
+               scale_steps=(18_000, 36_000, 54_000, 72_000), scale_step_timeout_s=150.0, scale_duration_s=120.0,
+               scale_interval_s=60.0, scale_per_process=6000, command_count=300, report_ports=1000,
                report_months=12, per_process=5000, ready_timeout_s=300.0)
 
-BENCHMARKS = ("throughput", "connections", "ingest", "steady", "storm", "reports")
+BENCHMARKS = ("throughput", "connections", "ingest", "steady", "scale", "storm", "commands", "reports")
 RESULT_KEYS = {"throughput": "ocpp_throughput", "connections": "connections", "ingest": "ingest",
-               "steady": "steady_fleet", "storm": "reconnect_storm", "reports": "report_queries"}
+               "steady": "steady_fleet", "scale": "fleet_workers", "storm": "reconnect_storm",
+               "commands": "command_latency", "reports": "report_queries"}
 
 
 def _reports_module() -> ModuleType | None:
@@ -110,10 +127,23 @@ class Suite:
                                       duration_s=p.fleet_duration_s, interval_s=p.fleet_interval_s,
                                       per_process=p.per_process, ready_timeout_s=p.ready_timeout_s))
 
+    def scale(self) -> dict[str, Any]:
+        p = self.profile
+        return asyncio.run(scale.run(cluster=self.cluster, tmp=self.tmp, workers=p.scale_workers, steps=p.scale_steps,
+                                     per_process=p.scale_per_process, step_timeout_s=p.scale_step_timeout_s,
+                                     duration_s=p.scale_duration_s, interval_s=p.scale_interval_s))
+
     def storm(self) -> dict[str, Any]:
         p = self.profile
         return asyncio.run(storm.run(cluster=self.cluster, tmp=self.tmp, chargers=p.storm_chargers,
-                                     per_process=max(1, p.per_process // 2), timeout_s=p.ready_timeout_s))
+                                     per_process=max(1, p.per_process // 2), timeout_s=p.ready_timeout_s,
+                                     workers=p.storm_workers, argon2id_chargers=p.storm_argon2id_chargers,
+                                     argon2id_timeout_s=p.storm_argon2id_timeout_s))
+
+    def commands(self) -> dict[str, Any]:
+        folder = self.tmp / "commands"
+        folder.mkdir(exist_ok=True)
+        return asyncio.run(commands.run(self.profile.command_count, cluster=self.cluster, folder=folder))
 
     def reports(self) -> dict[str, Any] | None:
         return self._report_queries()
@@ -149,8 +179,13 @@ def configuration(profile: Profile) -> list[str]:
         "production cost (t=2, m=19 MiB).",
         "`--free-vend` in the steady fleet (chargers start transactions with one id tag); otherwise defaults "
         "(websocket pings every 60 s, ingest batches ≤ 5,000 rows or 200 ms).",
-        f"Load: {profile.per_process:,} chargers per load-generator process at most, each process from its own "
-        "127.0.0.x source address; a process may hold at most 20,000 open files here.",
+        f"Load: {profile.per_process:,} chargers per load-generator process at most ({profile.scale_per_process:,} "
+        "in the fleet across workers), each process from its own 127.0.0.x source address; a process may hold "
+        "at most 20,000 open files here.",
+        f"Fleet across workers and the restart storm: `csms serve --workers {profile.scale_workers}` / "
+        f"`--workers {profile.storm_workers}` with a private Mosquitto (and one `csms ingest` for the fleet); "
+        "charger credentials in the storm are HMAC-SHA-256 of generated passwords (the default of "
+        "`charge-points add`), or Argon2id at the production cost in the Argon2id-only variant.",
     ]
 
 
