@@ -3,6 +3,9 @@ direction table itself agrees with the official schemas: the coverage table cann
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from csms.ocpp import commands, coverage, directions
@@ -42,3 +45,51 @@ def test_21_is_its_own_version() -> None:
     text = coverage.generate()
     assert "| NotifySettlement | yes | settlements | {} |" in text
     assert "| NotifyPeriodicEventStream | yes | periodic_stream_samples | none: a SEND is never answered" in text
+
+
+def test_minimal_instance_follows_refs_types_and_bounds() -> None:
+    schema = {
+        "definitions": {"Kind": {"type": "string", "enum": ["Second", "First"]}},
+        "type": "object",
+        "required": ["kind", "when", "count", "ratio", "flag", "items", "either"],
+        "properties": {
+            "kind": {"$ref": "#/definitions/Kind"},
+            "when": {"type": "string", "format": "date-time"},
+            "count": {"type": "integer", "minimum": 3},
+            "ratio": {"type": "number"},
+            "flag": {"type": "boolean"},
+            "items": {"type": "array", "minItems": 2, "items": {"type": "string"}},
+            "either": {"type": ["integer", "null"]},
+            "optional": {"type": "string"},
+        },
+    }
+    assert coverage.minimal_instance(schema) == {
+        "kind": "Second", "when": "2024-06-01T12:00:00.000Z", "count": 3, "ratio": 0.0, "flag": False,
+        "items": ["x", "x"], "either": 0}
+    with pytest.raises(ValueError, match="unhandled schema node"):
+        coverage.minimal_instance({"type": "null"})
+
+
+def test_the_probe_reports_a_handler_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(ctx: object, payload: object) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(HANDLERS["1.6"], "Heartbeat", broken)
+    stored, answer = asyncio.run(coverage._probe("1.6", "Heartbeat"))
+    assert (stored, answer) == ("?", "(not probed: RuntimeError)")
+
+
+def test_the_command_line_prints_writes_and_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "ocpp-coverage.md"
+    monkeypatch.setattr(coverage, "DOC_PATH", target)
+    assert coverage.main(["--check"]) == 1            # missing file: out of date
+    assert "out of date" in capsys.readouterr().err
+    assert coverage.main(["--write"]) == 0
+    assert target.read_text(encoding="utf-8") == coverage.generate()
+    assert coverage.main(["--check"]) == 0
+    target.write_text("stale\n", encoding="utf-8")
+    assert coverage.main(["--check"]) == 1
+    capsys.readouterr()
+    assert coverage.main([]) == 0
+    assert capsys.readouterr().out == coverage.generate()

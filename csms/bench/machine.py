@@ -84,7 +84,7 @@ async def describe(database_url: str) -> dict[str, Any]:
         "timescaledb": str(tsdb),
         "postgresql_settings": settings,
         "mosquitto": _mosquitto_version(),
-        "packages": {p: _version(p) for p in ("websockets", "asyncpg", "ocpp", "aiomqtt", "fastjsonschema",
+        "packages": {p: _version(p) for p in ("websockets", "asyncpg", "ocpp", "aiomqtt", "jsonschema-rs", "uvloop",
                                               "argon2-cffi", "orjson")},
         "git_commit": _git_commit(),
         "load_average_at_start": [round(x, 2) for x in load],
