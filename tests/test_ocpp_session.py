@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from csms.ocpp import handlers_v16, handlers_v21, handlers_v21_only, handlers_v201
+from csms.ocpp import coverage, handlers_v16, handlers_v21, handlers_v21_only, handlers_v201
 from csms.ocpp.context import (
     BootDecision,
     BootInfo,
@@ -779,34 +779,8 @@ async def test_nul_is_cleaned_from_events(version: str) -> None:
 # --- every handler answers a minimal valid request ------------------------------------------------------------
 
 
-def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in node:
-        target: Any = schema
-        for part in node["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
-
-
-def minimal_instance(schema: dict[str, Any], node: dict[str, Any] | None = None) -> Any:
-    """The smallest instance of a schema: required properties only, first enum value, minItems items."""
-    node = _resolve(schema, schema if node is None else node)
-    if "enum" in node:
-        return node["enum"][0]
-    kind = node.get("type")
-    if kind == "object":
-        return {name: minimal_instance(schema, node["properties"][name]) for name in node.get("required", ())}
-    if kind == "array":
-        return [minimal_instance(schema, node["items"]) for _ in range(node.get("minItems", 0))]
-    if kind == "string":
-        return "2024-06-01T12:00:00.000Z" if node.get("format") == "date-time" else "x"
-    if kind == "integer":
-        return int(node.get("minimum", 0))
-    if kind == "number":
-        return float(node.get("minimum", 0))
-    if kind == "boolean":
-        return False
-    raise AssertionError(f"unhandled schema node {node}")
+# The smallest valid request of each schema: the coverage table's generator makes the same probe.
+minimal_instance = coverage.minimal_instance
 
 
 HANDLED = [(version, action) for version in ALL for action in sorted(HANDLERS[version])]
