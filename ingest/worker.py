@@ -32,7 +32,7 @@ from schemas.events import (
     StatusEvent,
     TransactionEvent,
     count_rows,
-    decode_batch,
+    decode_message,
 )
 from schemas.topics import committed_topic, events_subscription, valid_node_id
 
@@ -198,7 +198,7 @@ class MqttIngestWorker:
         out = []
         for msg in messages:
             try:
-                out.append(decode_batch(msg.payload))
+                out.extend(decode_message(msg.payload))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 # Acknowledged with its batch and counted: redelivering it would fail the same way.
                 self._metrics.malformed.inc()

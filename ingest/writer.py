@@ -25,6 +25,7 @@ from ingest.writer_ocpp21 import (
     STREAM_SAMPLE_COLUMNS,
     STREAM_SAMPLE_KEY,
     STREAM_SAMPLE_ORDER,
+    CopyDedup,
     Ocpp21Event,
     write_ocpp21,
 )
@@ -175,74 +176,101 @@ class TimescaleWriter:
         await self._pool.close()
 
     async def write_batch(self, events: Sequence[Event]) -> WriteResult:
-        meter: list[tuple[Any, ...]] = []
-        status: list[tuple[Any, ...]] = []
-        conns: list[tuple[Any, ...]] = []
-        logs: list[tuple[Any, ...]] = []
-        boots: list[ConnectionEvent] = []
-        txs: list[TransactionEvent] = []
-        ocpp21: list[Ocpp21Event] = []
-        seen: dict[str, datetime] = {}
-        dirty: dict[tuple[str, int], datetime] = {}
-        for ev in events:
-            prev = seen.get(ev.charge_point_id)
-            if prev is None or ev.received_at > prev:
-                seen[ev.charge_point_id] = ev.received_at
-            if isinstance(ev, MeterEvent):
-                for s in ev.samples:
-                    meter.append((s.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.transaction_uid,
-                                  s.measurand, s.phase, s.location, s.context, s.value, s.unit,
-                                  s.raw_value, s.raw_unit, s.flags, ev.received_at, s.raw_time))
-                # Energy per quarter hour (roll-up, migration 0005) depends on a session's register samples,
-                # its peak power and SoC (migration 0008 session_summary) on its power and SoC samples.
-                registers = [s.time for s in ev.samples if s.measurand in ROLLED_MEASURANDS]
-                if ev.transaction_uid and registers:
-                    _mark(dirty, ev.charge_point_id, ev.evse_id, min(registers))
-            elif isinstance(ev, StatusEvent):
-                status.append((ev.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.status,
-                               ev.error_code, ev.vendor_id, ev.vendor_error_code, ev.info, ev.received_at,
-                               ev.flags, ev.raw_time))
-                _mark(dirty, ev.charge_point_id, ev.evse_id, ev.time)
-            elif isinstance(ev, ConnectionEvent):
-                conns.append((ev.time, ev.charge_point_id, ev.event, ev.reason, ev.node_id, ev.ocpp_version,
-                              ev.detail, ev.connection_epoch))
-                if ev.event == "boot":
-                    boots.append(ev)
-            elif isinstance(ev, LogEvent):
-                logs.append((ev.time, ev.charge_point_id, ev.action, ev.payload, ev.digest, ev.received_at))
-            elif isinstance(ev, OCPP21_EVENTS):
-                ocpp21.append(ev)
-            else:
-                txs.append(ev)
-                # Sessions per day, and 2.0.1 chargingState spans; the EVSE is often not repeated.
-                _mark(dirty, ev.charge_point_id, 0, ev.time)
-        result = WriteResult()
-        async with self._pool.acquire() as conn, conn.transaction():
-            for table, rows in (("meter_samples", meter), ("connector_status", status),
-                                ("connection_events", conns), ("charger_messages", logs)):
-                if rows:
-                    inserted = await _copy_dedup(conn, table, rows)
-                    result.inserted[table] = inserted
-                    result.duplicates[table] = len(rows) - inserted
-            if txs:
-                await _write_transactions(conn, txs, result)
-            if ocpp21:
-                await write_ocpp21(conn, ocpp21, _copy_dedup, result.inserted, result.duplicates)
-            for boot in boots:
-                d = boot.detail or {}
-                await conn.execute(_BOOT_UPDATE, boot.charge_point_id, d.get("vendor"), d.get("model"),
-                                   d.get("serial_number"), d.get("firmware_version"), boot.ocpp_version,
-                                   boot.time)
-            if dirty:
-                keys = sorted(dirty)  # key order: concurrent batches lock marks in the same order
-                await conn.execute(_DIRTY_UPSERT, [k[0] for k in keys], [k[1] for k in keys],
-                                   [dirty[k] for k in keys])
-        if seen:
-            # Outside the batch's transaction, in id order: bookkeeping that must not make
-            # two writers wait on each other's charge_points rows.
-            ids = sorted(seen)
-            await self._pool.execute(_SEEN_UPDATE, ids, [seen[i] for i in ids])
+        rows = _split(events)
+        async with self._pool.acquire() as conn:
+            try:
+                result = await _write_rows(conn, rows, _copy_new)
+            except asyncpg.UniqueViolationError:
+                # Some row is stored already (a resend, a replayed message, a second worker): the
+                # whole batch again, de-duplicated. The normal case saves a savepoint per table.
+                result = await _write_rows(conn, rows, _copy_dedup)
+            if rows.seen:
+                # Outside the batch's transaction, in id order: bookkeeping that must not make
+                # two writers wait on each other's charge_points rows. The same connection: no
+                # second pool acquire and reset per batch (issue 15).
+                ids = sorted(rows.seen)
+                await conn.execute(_SEEN_UPDATE, ids, [rows.seen[i] for i in ids])
         return result
+
+
+@dataclass(slots=True)
+class _Rows:
+    """A batch's events as table rows, before they are written."""
+
+    meter: list[tuple[Any, ...]] = field(default_factory=list)
+    status: list[tuple[Any, ...]] = field(default_factory=list)
+    conns: list[tuple[Any, ...]] = field(default_factory=list)
+    logs: list[tuple[Any, ...]] = field(default_factory=list)
+    boots: list[ConnectionEvent] = field(default_factory=list)
+    txs: list[TransactionEvent] = field(default_factory=list)
+    ocpp21: list[Ocpp21Event] = field(default_factory=list)
+    seen: dict[str, datetime] = field(default_factory=dict)
+    dirty: dict[tuple[str, int], datetime] = field(default_factory=dict)
+
+
+def _split(events: Sequence[Event]) -> _Rows:
+    b = _Rows()
+    meter, status, conns, logs, boots, txs, ocpp21 = b.meter, b.status, b.conns, b.logs, b.boots, b.txs, b.ocpp21
+    seen, dirty = b.seen, b.dirty
+    for ev in events:
+        prev = seen.get(ev.charge_point_id)
+        if prev is None or ev.received_at > prev:
+            seen[ev.charge_point_id] = ev.received_at
+        if isinstance(ev, MeterEvent):
+            for s in ev.samples:
+                meter.append((s.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.transaction_uid,
+                              s.measurand, s.phase, s.location, s.context, s.value, s.unit,
+                              s.raw_value, s.raw_unit, s.flags, ev.received_at, s.raw_time))
+            # Energy per quarter hour (roll-up, migration 0005) depends on a session's register samples,
+            # its peak power and SoC (migration 0008 session_summary) on its power and SoC samples.
+            registers = [s.time for s in ev.samples if s.measurand in ROLLED_MEASURANDS]
+            if ev.transaction_uid and registers:
+                _mark(dirty, ev.charge_point_id, ev.evse_id, min(registers))
+        elif isinstance(ev, StatusEvent):
+            status.append((ev.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.status,
+                           ev.error_code, ev.vendor_id, ev.vendor_error_code, ev.info, ev.received_at,
+                           ev.flags, ev.raw_time))
+            _mark(dirty, ev.charge_point_id, ev.evse_id, ev.time)
+        elif isinstance(ev, ConnectionEvent):
+            conns.append((ev.time, ev.charge_point_id, ev.event, ev.reason, ev.node_id, ev.ocpp_version,
+                          ev.detail, ev.connection_epoch))
+            if ev.event == "boot":
+                boots.append(ev)
+        elif isinstance(ev, LogEvent):
+            logs.append((ev.time, ev.charge_point_id, ev.action, ev.payload, ev.digest, ev.received_at))
+        elif isinstance(ev, OCPP21_EVENTS):
+            ocpp21.append(ev)
+        else:
+            txs.append(ev)
+            # Sessions per day, and 2.0.1 chargingState spans; the EVSE is often not repeated.
+            _mark(dirty, ev.charge_point_id, 0, ev.time)
+    return b
+
+
+async def _write_rows(conn: PoolConnectionProxy, b: _Rows, copy: CopyDedup) -> WriteResult:
+    """The batch's rows in one transaction; ``copy`` inserts the rows of one table."""
+    result = WriteResult()
+    async with conn.transaction():
+        for table, rows in (("meter_samples", b.meter), ("connector_status", b.status),
+                            ("connection_events", b.conns), ("charger_messages", b.logs)):
+            if rows:
+                inserted = await copy(conn, table, rows)
+                result.inserted[table] = inserted
+                result.duplicates[table] = len(rows) - inserted
+        if b.txs:
+            await _write_transactions(conn, b.txs, result)
+        if b.ocpp21:
+            await write_ocpp21(conn, b.ocpp21, copy, result.inserted, result.duplicates)
+        for boot in b.boots:
+            d = boot.detail or {}
+            await conn.execute(_BOOT_UPDATE, boot.charge_point_id, d.get("vendor"), d.get("model"),
+                               d.get("serial_number"), d.get("firmware_version"), boot.ocpp_version,
+                               boot.time)
+        if b.dirty:
+            keys = sorted(b.dirty)  # key order: concurrent batches lock marks in the same order
+            await conn.execute(_DIRTY_UPSERT, [k[0] for k in keys], [k[1] for k in keys],
+                               [b.dirty[k] for k in keys])
+    return result
 
 
 def _mark(dirty: dict[tuple[str, int], datetime], charge_point_id: str, evse_id: int, moment: datetime) -> None:
@@ -252,22 +280,32 @@ def _mark(dirty: dict[tuple[str, int], datetime], charge_point_id: str, evse_id:
         dirty[key] = moment
 
 
-async def _copy_dedup(conn: asyncpg.Connection | PoolConnectionProxy, table: str, rows: list[tuple[Any, ...]]) -> int:
-    """Insert rows that are not stored yet; return how many were inserted."""
-    stage, columns = _STAGING[table]
-    # Natural-key order: concurrent writers of overlapping batches (two workers, a resend)
-    # then take index locks in the same order, so they wait for each other, never deadlock.
+def _unique(table: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The rows in natural-key order, each key once.
+
+    Natural-key order: concurrent writers of overlapping batches (two workers, a resend)
+    then take index locks in the same order, so they wait for each other, never deadlock.
+    """
     key = itemgetter(*_KEY_POSITIONS[table])
     rows.sort(key=key)
-    unique = [row for i, row in enumerate(rows) if i == 0 or key(row) != key(rows[i - 1])]
-    # Fast path: no row of the batch is stored yet (the normal case) — one COPY straight into
-    # the table. A unique violation rolls the savepoint back and takes the de-duplicating path.
-    try:
-        async with conn.transaction():
-            await conn.copy_records_to_table(table, records=unique, columns=list(columns))
-        return len(unique)
-    except asyncpg.UniqueViolationError:
-        pass
+    return [row for i, row in enumerate(rows) if i == 0 or key(row) != key(rows[i - 1])]
+
+
+async def _copy_new(conn: asyncpg.Connection | PoolConnectionProxy, table: str, rows: list[tuple[Any, ...]]) -> int:
+    """Insert rows none of which is stored yet (the normal case): one COPY straight into the table.
+
+    A row stored already raises ``UniqueViolationError``, which aborts the batch's transaction;
+    ``TimescaleWriter.write_batch`` then writes the whole batch again with ``_copy_dedup``.
+    """
+    unique = _unique(table, rows)
+    await conn.copy_records_to_table(table, records=unique, columns=list(_STAGING[table][1]))
+    return len(unique)
+
+
+async def _copy_dedup(conn: asyncpg.Connection | PoolConnectionProxy, table: str, rows: list[tuple[Any, ...]]) -> int:
+    """Insert rows that are not stored yet, through the staging table; return how many were inserted."""
+    stage, columns = _STAGING[table]
+    unique = _unique(table, rows)
     await conn.copy_records_to_table(stage, records=unique, columns=list(columns))
     cols = ", ".join(columns)
     order = _NATURAL_ORDER[table]

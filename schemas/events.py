@@ -263,6 +263,8 @@ class EventBatch(msgspec.Struct, frozen=True):
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(EventBatch)
+# A bus message is one batch (a map) or a bundle of batches (an array of maps): schemas/BUS.md.
+_MESSAGE_DECODER = msgspec.msgpack.Decoder(EventBatch | list[EventBatch])
 
 
 def encode_batch(batch: EventBatch) -> bytes:
@@ -270,8 +272,19 @@ def encode_batch(batch: EventBatch) -> bytes:
 
 
 def decode_batch(data: bytes) -> EventBatch:
-    """Decode a bus message; raises ``msgspec.DecodeError``/``ValidationError`` if malformed."""
+    """Decode one encoded batch; raises ``msgspec.DecodeError``/``ValidationError`` if malformed."""
     return _DECODER.decode(data)
+
+
+def encode_bundle(encoded_batches: list[bytes]) -> bytes:
+    """Several already encoded batches as one bus message, without decoding them again."""
+    return _ENCODER.encode([msgspec.Raw(b) for b in encoded_batches])
+
+
+def decode_message(data: bytes) -> list[EventBatch]:
+    """Decode a bus message (a batch or a bundle); raises ``msgspec.DecodeError``/``ValidationError``."""
+    decoded = _MESSAGE_DECODER.decode(data)
+    return decoded if isinstance(decoded, list) else [decoded]
 
 
 def count_rows(events: list[Event]) -> int:

@@ -161,6 +161,9 @@ class Settings:
                                         roles="run,serve")
     mqtt_max_in_flight: int = _opt(16, "outbox batches published to MQTT without their PUBACK yet",
                                    roles="run,serve")
+    mqtt_coalesce_ms: float = _opt(10.0, "the outbox is sent to MQTT at most once per this interval, what was "
+                                         "written meanwhile as one bundle (answers to chargers never wait for it; "
+                                         "0 = send every batch at once)", roles="run,serve")
     ingest_max_in_flight_messages: int = _opt(1000, "bus messages an ingest worker holds unacknowledged (keep "
                                                     "at or below Mosquitto's max_inflight_messages)",
                                               roles="run,ingest")
@@ -238,8 +241,9 @@ class Settings:
             raise SettingsError("max_frame_bytes must be at least 1024")
         if self.db_pool_min < 1 or self.db_pool_max < self.db_pool_min:
             raise SettingsError("need 1 <= db_pool_min <= db_pool_max")
-        if self.ingest_batch_max_rows < 1 or self.ingest_batch_max_delay_ms < 0:
-            raise SettingsError("ingest batch limits must be positive")
+        if (self.ingest_batch_max_rows < 1 or self.ingest_batch_max_delay_ms < 0
+                or not 0 <= self.mqtt_coalesce_ms <= 1000):
+            raise SettingsError("ingest batch limits must be positive, mqtt_coalesce_ms within 0–1000")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if self.security_profile not in (0, 1, 2, 3):
@@ -371,28 +375,10 @@ def load_settings(*, environ: Mapping[str, str], cli: Mapping[str, str | None] |
     return Settings(**values)
 
 
-def markdown_table() -> str:
-    """The README's configuration table (regenerate with ``python -m schemas.settings``)."""
-    lines = ["| Flag | Environment variable | Default | Roles | Meaning |", "|---|---|---|---|---|"]
-    for field in SETTINGS_FIELDS:
-        default = "(hostname)" if field.name == "node_id" else ("unset" if field.default is None
-                                                                else f"`{field.default}`")
-        lines.append(f"| `{flag_name(field.name)}` | `{env_name(field.name)}` | {default} | "
-                     f"{field.metadata['roles']} | {field.metadata['help']} |")
-    return "\n".join(lines)
-
-
-def update_readme(path: Path) -> None:
-    """Rewrite the table between the settings-table markers of the README."""
-    text = path.read_text("utf-8")
-    start = text.index("<!-- settings-table:start")
-    start = text.index("\n", start) + 1
-    end = text.index("<!-- settings-table:end -->")
-    path.write_text(text[:start] + markdown_table() + "\n" + text[end:], "utf-8")
-
-
 if __name__ == "__main__":  # pragma: no cover
     import sys
+
+    from schemas.settings_table import markdown_table, update_readme
 
     if "--update-readme" in sys.argv:
         update_readme(Path(__file__).resolve().parent.parent / "README.md")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from csms.bench import suite
+from csms.bench import ocpp_throughput, suite
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +60,11 @@ def test_the_load_was_carried(quick_run: tuple[Path, dict[str, Any]]) -> None:
     _, data = quick_run
     b = data["benchmarks"]
     throughput = b["ocpp_throughput"]
-    assert [f["server"] for f in throughput["figures"]] == ["echo", "ocpp-lib", "csms", "csms-mqtt"]
-    assert all(f["messages"] > 0 and f["errors"] == 0 for f in throughput["figures"])
+    assert [v["samples"] for v in throughput["variants"]] == [10, 1]
+    for variant in throughput["variants"]:
+        assert [f["server"] for f in variant["figures"]] == list(ocpp_throughput.SERVERS)
+        assert all(f["messages"] > 0 and f["errors"] == 0 for f in variant["figures"])
+        assert set(variant["ratio_to_echo_per_core"]) == set(ocpp_throughput.SERVERS)
     assert throughput["csms_samples_stored"] == throughput["csms_samples_expected"]
 
     steps = list(suite.QUICK.hold_steps)

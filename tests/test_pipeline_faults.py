@@ -150,8 +150,16 @@ async def test_broker_killed_and_restarted(workdir: Path, pipeline_db: str) -> N
             await drive  # chargers were answered all along: the outbox is the durability point
             await assert_exactly_once(pipeline_db, fleet, serve, ingest)
             assert all(c.retries == 0 for c in fleet)
+            # What waited in the outbox went out bundled: fewer MQTT messages than batches.
+            counters = _counters(await asyncio.to_thread(serve.metrics))
+            assert counters["csms_bus_mqtt_messages_total"] < counters["csms_bus_published_batches_total"], counters
     finally:
         broker.stop()
+
+
+def _counters(text: str) -> dict[str, float]:
+    return {line.split()[0]: float(line.split()[-1]) for line in text.splitlines()
+            if line.startswith(("csms_bus_mqtt_messages_total", "csms_bus_published_batches_total"))}
 
 
 async def test_central_system_killed_while_chargers_send(workdir: Path, pipeline_db: str,

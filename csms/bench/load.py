@@ -1,6 +1,6 @@
 """Closed-loop OCPP load: N connections, each with one CALL outstanding, for a bounded time.
 
-Usage: python -m csms.bench.load URL CONNECTIONS SECONDS PREFIX PASSWORD(-|pw) [BOOT(0|1)]
+Usage: python -m csms.bench.load URL CONNECTIONS SECONDS PREFIX PASSWORD(-|pw) [BOOT(0|1) [SAMPLES(10|1)]]
 Prints one JSON line: {"messages": n, "errors": e, "seconds": s, "latencies_ms": {...}}.
 """
 
@@ -16,10 +16,12 @@ from typing import Any
 
 
 def meter_values_frame(message_id: str, tx: int, energy_wh: int, at: datetime | None = None, *,
-                       precise: bool = False) -> str:
+                       precise: bool = False, samples: int = 10) -> str:
     """A typical 1.6 MeterValues: 10 sampled values with context, measurand, location and unit.
 
-    The timestamp has milliseconds, as chargers send them, or microseconds with ``precise``.
+    ``samples=1`` sends only the energy register (the smallest useful MeterValues, what many
+    AC chargers send). The timestamp has milliseconds, as chargers send them, or
+    microseconds with ``precise``.
     """
     now = at or datetime.now(UTC)
     fraction = f"{now.microsecond:06d}" if precise else f"{now.microsecond // 1000:03d}"
@@ -36,13 +38,13 @@ def meter_values_frame(message_id: str, tx: int, energy_wh: int, at: datetime | 
                sv("7400", "Power.Active.Import", "W"),
                *(sv("32.0", "Current.Import", "A", p) for p in ("L1", "L2", "L3")),
                *(sv("230.1", "Voltage", "V", p) for p in ("L1-N", "L2-N", "L3-N")),
-               sv("32", "Current.Offered", "A"), sv("54", "SoC", "Percent")]
+               sv("32", "Current.Offered", "A"), sv("54", "SoC", "Percent")][:samples]
     payload = {"connectorId": 1, "transactionId": tx, "meterValue": [{"timestamp": ts, "sampledValue": sampled}]}
     return json.dumps([2, message_id, "MeterValues", payload])
 
 
 async def _client(url: str, cp_id: str, password: str | None, boot: bool, stop_at: float,
-                  counts: list[int], latencies: list[float]) -> None:
+                  counts: list[int], latencies: list[float], samples: int) -> None:
     import websockets
 
     headers = {}
@@ -64,7 +66,7 @@ async def _client(url: str, cp_id: str, password: str | None, boot: bool, stop_a
             # Sample times strictly increase per charger, as a meter's do: two answers can come
             # back within one millisecond, and samples with the same key are the same sample.
             last = max(datetime.now(UTC), last + timedelta(milliseconds=1))
-            frame = meter_values_frame(f"{cp_id}-{n}", 1, energy, last)
+            frame = meter_values_frame(f"{cp_id}-{n}", 1, energy, last, samples=samples)
             sent = time.perf_counter()
             await ws.send(frame)
             reply = json.loads(await ws.recv())
@@ -76,12 +78,13 @@ async def _client(url: str, cp_id: str, password: str | None, boot: bool, stop_a
 
 
 async def run(url: str, connections: int, seconds: float, prefix: str, password: str | None, boot: bool,
-              warmup_s: float = 1.0) -> dict[str, Any]:
+              warmup_s: float = 1.0, samples: int = 10) -> dict[str, Any]:
     counts = [0, 0]
     latencies: list[float] = []
     start = time.monotonic()
     stop_at = start + warmup_s + seconds
-    tasks = [asyncio.create_task(_client(url, f"{prefix}{i}", password, boot, stop_at, counts, latencies))
+    tasks = [asyncio.create_task(_client(url, f"{prefix}{i}", password, boot, stop_at, counts, latencies,
+                                                 samples))
              for i in range(connections)]
     await asyncio.sleep(warmup_s)
     base = counts[0]
@@ -105,7 +108,9 @@ def main() -> None:
     url, conns, seconds, prefix, password = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], \
         sys.argv[5]
     boot = len(sys.argv) > 6 and sys.argv[6] == "1"
-    result = asyncio.run(run(url, conns, seconds, prefix, None if password == "-" else password, boot))  # noqa: S105
+    samples = int(sys.argv[7]) if len(sys.argv) > 7 else 10
+    result = asyncio.run(run(url, conns, seconds, prefix, None if password == "-" else password, boot,  # noqa: S105
+                             samples=samples))
     print(json.dumps(result), flush=True)
 
 

@@ -54,6 +54,7 @@ def _pin(cpu: int) -> None:
 @dataclass
 class Figure:
     server: str
+    samples: int              # sampled values per MeterValues
     messages: int
     wall_s: float
     server_cpu_s: float
@@ -80,13 +81,15 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) 
 
 
 def _measure(server: str, cmd: list[str], port: int, *, connections: int, seconds: float, prefix: str,
-             password: str | None, boot: bool, before_stop: Callable[[Figure], None] | None = None) -> Figure:
+             password: str | None, boot: bool, samples: int,
+             before_stop: Callable[[Figure], None] | None = None) -> Figure:
     srv = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            preexec_fn=lambda: _pin(SERVER_CPU))
     try:
         _wait_port(port, srv)
         load = subprocess.Popen([sys.executable, "-m", "csms.bench.load", f"ws://127.0.0.1:{port}/ocpp",
-                                 str(connections), str(seconds), prefix, password or "-", "1" if boot else "0"],
+                                 str(connections), str(seconds), prefix, password or "-", "1" if boot else "0",
+                                 str(samples)],
                                 stdout=subprocess.PIPE, text=True, preexec_fn=lambda: _pin(LOAD_CPU))
         assert load.stdout is not None
         cpu0 = wall0 = 0.0
@@ -104,7 +107,7 @@ def _measure(server: str, cmd: list[str], port: int, *, connections: int, second
             raise RuntimeError(f"load generator for {server} printed no result")
         cpu = max(cpu1 - cpu0, 1e-6)
         wall = max(wall1 - wall0, 1e-6)
-        figure = Figure(server=server, messages=result["messages"], wall_s=round(wall, 2),
+        figure = Figure(server=server, samples=samples, messages=result["messages"], wall_s=round(wall, 2),
                         server_cpu_s=round(cpu, 2), msgs_per_s=round(result["messages"] / result["seconds"], 1),
                         msgs_per_cpu_s=round(result["messages"] / cpu, 1), p50_ms=result["latencies_ms"]["p50"],
                         p99_ms=result["latencies_ms"]["p99"], errors=result["errors"], total_ok=result["total_ok"])
@@ -119,7 +122,7 @@ def _measure(server: str, cmd: list[str], port: int, *, connections: int, second
             srv.kill()
 
 
-async def _prepare_db(url: str, connections: int) -> None:
+async def _prepare_db(url: str, connections: int, prefixes: tuple[str, ...]) -> None:
     conn = await asyncpg.connect(url)
     try:
         await apply_migrations(conn)
@@ -127,8 +130,8 @@ async def _prepare_db(url: str, connections: int) -> None:
         await conn.close()
     pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
     try:
-        await asyncio.gather(*(add_charge_point(pool, ChargePointSpec(id=f"BENCH{i}", password=PASSWORD))
-                               for i in range(connections)))
+        await asyncio.gather(*(add_charge_point(pool, ChargePointSpec(id=f"{prefix}{i}", password=PASSWORD))
+                               for prefix in prefixes for i in range(connections)))
     finally:
         await pool.close()
 
@@ -163,8 +166,81 @@ async def _wait_rows(url: str, expected: int, timeout_s: float = 120) -> int:
     return n
 
 
+# csms on uvloop (``--event-loop uvloop``) is compared with an echo on uvloop, the others with the asyncio echo.
+SERVERS = ("echo", "ocpp-lib", "csms", "csms-mqtt", "echo-uvloop", "csms-uvloop", "csms-mqtt-uvloop")
+SAMPLE_COUNTS = (10, 1)   # sampled values per MeterValues: a full 3-phase sample, and the energy register only
+PAYLOADS = {10: "OCPP 1.6 MeterValues, 1 meterValue x 10 sampledValues",
+            1: "OCPP 1.6 MeterValues, 1 meterValue x 1 sampledValue (the energy register)"}
+
+
+def _prefix(samples: int) -> str:
+    return "BENCH" if samples == 10 else f"BENCH{samples}S"  # fresh chargers per variant: their registers start over
+
+
+def _csms_command(server: str, database_url: str, port: int, tmp: Path, samples: int) -> list[str]:
+    return [sys.executable, "-m", "csms", "serve", "--database-url", database_url, "--ocpp-port",
+            str(port), "--ocpp-host", "127.0.0.1", "--http-port", str(free_port()), "--log-level",
+            "WARNING", "--ping-interval-s", "0", "--data-dir", str(tmp / f"state-{server}-{samples}"),
+            "--handshake-burst-per-source", "100000"]
+
+
+def _variant(*, samples: int, servers: tuple[str, ...], connections: int, seconds: float, database_url: str,
+             tmp: Path, stored_before: int) -> list[Figure]:
+    figures: list[Figure] = []
+    for server in servers:
+        port = free_port()
+        if server.startswith("csms"):
+            cmd = _csms_command(server, database_url, port, tmp, samples)
+            if server.endswith("-uvloop"):
+                cmd += ["--event-loop", "uvloop"]
+            extra: list[subprocess.Popen[bytes]] = []
+            if server.startswith("csms-mqtt"):
+                broker, mqtt_url = _mosquitto(tmp)
+                extra.append(broker)
+                extra.append(subprocess.Popen(
+                    [sys.executable, "-m", "csms", "ingest", "--database-url", database_url, "--mqtt-url",
+                     mqtt_url, "--http-port", str(free_port()), "--node-id", "bench-ingest",
+                     "--log-level", "WARNING", "--data-dir", str(tmp / f"ingest-{samples}")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                cmd += ["--mqtt-url", mqtt_url, "--node-id", "bench-node"]
+            before = stored_before + sum(f.total_ok * f.samples for f in figures if f.server.startswith("csms"))
+
+            def drain(fig: Figure, before: int = before) -> None:
+                asyncio.run(_wait_rows(database_url, before + fig.total_ok * fig.samples, timeout_s=60))
+
+            try:
+                figures.append(_measure(server, cmd, port, connections=connections, seconds=seconds,
+                                        prefix=_prefix(samples), password=PASSWORD, boot=True, samples=samples,
+                                        before_stop=drain))
+            finally:
+                for proc in reversed(extra):
+                    proc.terminate()
+                    proc.wait(30)
+        else:
+            cmd = [sys.executable, "-m", "csms.bench.servers", server, str(port)]
+            figures.append(_measure(server, cmd, port, connections=connections, seconds=seconds,
+                                    prefix="LOAD", password=None, boot=False, samples=samples))
+    return figures
+
+
+def baseline_of(server: str) -> str:
+    """The echo a server is compared with: the one on the same event loop."""
+    return "echo-uvloop" if server.endswith("-uvloop") else "echo"
+
+
+def _ratios(figures: list[Figure]) -> dict[str, float]:
+    by_name = {f.server: f for f in figures}
+    return {f.server: round(f.msgs_per_cpu_s / echo.msgs_per_cpu_s, 3) for f in figures
+            if (echo := by_name.get(baseline_of(f.server))) is not None}
+
+
 def run(*, connections: int = 50, seconds: float = 8.0, database_url: str | None = None,
-        servers: tuple[str, ...] = ("echo", "ocpp-lib", "csms", "csms-mqtt")) -> dict[str, Any]:
+        servers: tuple[str, ...] = SERVERS, sample_counts: tuple[int, ...] = SAMPLE_COUNTS) -> dict[str, Any]:
+    """Every server for every payload size; the echo baseline is measured again for each payload.
+
+    The top-level ``figures`` and ``ratio_to_echo_per_core`` are those of the first payload
+    (10 samples, the figure tracked since the start); ``variants`` holds all of them.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="csms-bench-"))
     tmp.chmod(0o755)
     pg: EmbeddedPostgres | None = None
@@ -172,49 +248,23 @@ def run(*, connections: int = 50, seconds: float = 8.0, database_url: str | None
         if database_url is None:
             pg = EmbeddedPostgres(data_dir=tmp / "pg", port=free_port())
             database_url = pg.start().url()
-        asyncio.run(_prepare_db(database_url, connections))
-        figures: list[Figure] = []
-        for server in servers:
-            port = free_port()
-            if server in ("csms", "csms-mqtt"):
-                cmd = [sys.executable, "-m", "csms", "serve", "--database-url", database_url, "--ocpp-port",
-                       str(port), "--ocpp-host", "127.0.0.1", "--http-port", str(free_port()), "--log-level",
-                       "WARNING", "--ping-interval-s", "0", "--data-dir", str(tmp / f"state-{server}"),
-                       "--handshake-burst-per-source", "100000"]
-                extra: list[subprocess.Popen[bytes]] = []
-                if server == "csms-mqtt":
-                    broker, mqtt_url = _mosquitto(tmp)
-                    extra.append(broker)
-                    extra.append(subprocess.Popen(
-                        [sys.executable, "-m", "csms", "ingest", "--database-url", database_url, "--mqtt-url",
-                         mqtt_url, "--http-port", str(free_port()), "--node-id", "bench-ingest",
-                         "--log-level", "WARNING", "--data-dir", str(tmp / "ingest")],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-                    cmd += ["--mqtt-url", mqtt_url, "--node-id", "bench-node"]
-                stored_before = sum(f.total_ok * 10 for f in figures if f.server.startswith("csms"))
-
-                def drain(fig: Figure, before: int = stored_before) -> None:
-                    asyncio.run(_wait_rows(database_url, before + fig.total_ok * 10, timeout_s=60))
-
-                try:
-                    figures.append(_measure(server, cmd, port, connections=connections, seconds=seconds,
-                                            prefix="BENCH", password=PASSWORD, boot=True, before_stop=drain))
-                finally:
-                    for proc in reversed(extra):
-                        proc.terminate()
-                        proc.wait(30)
-            else:
-                cmd = [sys.executable, "-m", "csms.bench.servers", server, str(port)]
-                figures.append(_measure(server, cmd, port, connections=connections, seconds=seconds,
-                                        prefix="LOAD", password=None, boot=False))
-        echo = next((f for f in figures if f.server == "echo"), None)
+        asyncio.run(_prepare_db(database_url, connections, tuple(_prefix(n) for n in sample_counts)))
+        variants: list[dict[str, Any]] = []
+        expected = 0
+        for samples in sample_counts:
+            figures = _variant(samples=samples, servers=servers, connections=connections, seconds=seconds,
+                               database_url=database_url, tmp=tmp, stored_before=expected)
+            expected += sum(f.total_ok * f.samples for f in figures if f.server.startswith("csms"))
+            variant: dict[str, Any] = {"samples": samples, "payload": PAYLOADS.get(samples, f"{samples} samples"),
+                                       "figures": [asdict(f) for f in figures]}
+            if ratios := _ratios(figures):
+                variant["ratio_to_echo_per_core"] = ratios
+            variants.append(variant)
+        first = variants[0]
         out: dict[str, Any] = {"benchmark": "ocpp_meter_values", "connections": connections, "seconds": seconds,
-                               "payload": "OCPP 1.6 MeterValues, 1 meterValue x 10 sampledValues",
-                               "figures": [asdict(f) for f in figures]}
-        if echo is not None:
-            out["ratio_to_echo_per_core"] = {f.server: round(f.msgs_per_cpu_s / echo.msgs_per_cpu_s, 3)
-                                             for f in figures}
-        expected = sum(f.total_ok * 10 for f in figures if f.server.startswith("csms"))
+                               "payload": first["payload"], "figures": first["figures"], "variants": variants}
+        if "ratio_to_echo_per_core" in first:
+            out["ratio_to_echo_per_core"] = first["ratio_to_echo_per_core"]
         if expected:
             out["csms_samples_expected"] = expected
             out["csms_samples_stored"] = asyncio.run(_wait_rows(database_url, expected, timeout_s=10))
@@ -225,20 +275,31 @@ def run(*, connections: int = 50, seconds: float = 8.0, database_url: str | None
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _variants(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Results written before the 1-sample payload was measured have one variant, at the top level."""
+    return result.get("variants") or [{"samples": 10, "payload": result["payload"], "figures": result["figures"],
+                                       "ratio_to_echo_per_core": result.get("ratio_to_echo_per_core", {})}]
+
+
 def render(result: dict[str, Any]) -> str:
-    lines = [f"OCPP MeterValues throughput ({result['payload']}; {result['connections']} connections, "
-             f"{result['seconds']} s each; server on one core)", "",
-             "| server | msgs/s (wall) | server CPU-s | msgs per CPU-second | ratio to echo | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|"]
-    ratios = result.get("ratio_to_echo_per_core", {})
-    for f in result["figures"]:
-        lines.append(f"| {f['server']} | {f['msgs_per_s']} | {f['server_cpu_s']} | {f['msgs_per_cpu_s']} | "
-                     f"{ratios.get(f['server'], '-')} | {f['p50_ms']} | {f['p99_ms']} |")
+    lines = [f"OCPP MeterValues throughput ({result['connections']} connections, {result['seconds']} s each; "
+             "server on one core; the echo baseline measured again for each payload; csms on uvloop against the "
+             "echo on uvloop)", "",
+             "| payload | server | msgs/s (wall) | server CPU-s | msgs per CPU-second | ratio to its echo | "
+             "server CPU per message µs | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for variant in _variants(result):
+        ratios = variant.get("ratio_to_echo_per_core", {})
+        for f in variant["figures"]:
+            cost = f"{1e6 / f['msgs_per_cpu_s']:,.0f}" if f["msgs_per_cpu_s"] else "-"
+            lines.append(f"| {variant['samples']} sample{'s' if variant['samples'] != 1 else ''} | {f['server']} | "
+                         f"{f['msgs_per_s']} | {f['server_cpu_s']} | {f['msgs_per_cpu_s']} | "
+                         f"{ratios.get(f['server'], '-')} | {cost} | {f['p50_ms']} | {f['p99_ms']} |")
     if "csms_samples_stored" in result:
+        answered = sum(f["total_ok"] for v in _variants(result) for f in v["figures"] if f["server"].startswith("csms"))
         lines.append("")
-        lines.append(f"csms, csms-mqtt: {result['csms_samples_stored']} samples committed for "
-                     f"{result['csms_samples_expected'] // 10} answered MeterValues "
-                     f"(expected {result['csms_samples_expected']})")
+        lines.append(f"csms, csms-mqtt: {result['csms_samples_stored']:,} samples committed for {answered:,} answered "
+                     f"MeterValues (expected {result['csms_samples_expected']:,})")
     return "\n".join(lines)
 
 

@@ -14,7 +14,9 @@ message is compressed or decompressed, so an idle connection keeps no zlib memor
 REUSE (echo only, ``reuse``): bind with SO_REUSEPORT, so that several echo processes share one port as the
 gateway workers of ``csms serve --workers N`` do (the raw baseline of the fleet across workers).
 
-Usage: python -m csms.bench.servers echo|ocpp-lib PORT [DEFLATE [REUSE]]
+``echo-uvloop`` is ``echo`` on uvloop (the baseline of csms with ``--event-loop uvloop``).
+
+Usage: python -m csms.bench.servers echo|echo-uvloop|ocpp-lib PORT [DEFLATE [REUSE]]
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ def main() -> None:
     kind, port = sys.argv[1], int(sys.argv[2])
     deflate = sys.argv[3] if len(sys.argv) > 3 else "none"
     reuse = len(sys.argv) > 4 and sys.argv[4] == "reuse"
+    if kind == "echo-uvloop":  # the baseline of csms on uvloop: the same loop on both sides of the ratio
+        import uvloop
+
+        uvloop.run(_echo(port, deflate, reuse))
+        return
     asyncio.run(_echo(port, deflate, reuse) if kind == "echo" else _ocpp_lib(port))
 
 

@@ -17,6 +17,7 @@ class BusMetrics:
     connected: Gauge
     refused: Counter
     published: Counter
+    messages: Counter
     resent: Counter
     publish_seconds: Histogram
 
@@ -34,6 +35,8 @@ class BusMetrics:
                             registry=registry),
             published=Counter("csms_bus_published_batches_total", "Outbox batches published to MQTT "
                               "(including resends)", registry=registry),
+            messages=Counter("csms_bus_mqtt_messages_total", "MQTT messages published: one batch, or a bundle of "
+                             "consecutive batches (including resends)", registry=registry),
             resent=Counter("csms_bus_resends_total", "Times unconfirmed batches were sent again",
                            registry=registry),
             publish_seconds=Histogram("csms_bus_mqtt_publish_seconds", "Time for a window of batches to be "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import struct
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import msgspec
 
+from csms.bus.disk_thread import DiskThread
 from schemas import EVENT_SCHEMA_VERSION
 from schemas.bus import BusError, BusFullError
 from schemas.events import Event, EventBatch, decode_batch, encode_batch
@@ -102,7 +104,7 @@ class Outbox:
         self._segment_size = 0
         self._pending: list[tuple[list[Event], asyncio.Future[None]]] = []
         self._flush_task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
+        self._disk = DiskThread(name=f"outbox-writer-{node_id}")
         self.appended = asyncio.Event()      # set when a record is added (the sender waits on it)
 
     # -- start-up ---------------------------------------------------------------------
@@ -172,7 +174,7 @@ class Outbox:
                                oldest_received_at=min(e.received_at for e in events))
             payload = encode_batch(batch)
             try:
-                await asyncio.to_thread(self._write, payload)
+                await self._disk.run(functools.partial(self._write, payload))
             except OSError as exc:
                 logger.error("outbox write failed: %s", exc)
                 for _, fut in group:
@@ -187,7 +189,7 @@ class Outbox:
                     fut.set_result(None)
 
     def _write(self, payload: bytes) -> None:
-        """Append one record and fsync (runs in a thread: the event loop never waits on the disk)."""
+        """Append one record and fsync (runs on the disk thread: the event loop never waits on the disk)."""
         if self._segment_fd is None or self._segment_size >= self._segment_bytes:
             self._roll_segment()
         assert self._segment_fd is not None
@@ -299,6 +301,7 @@ class Outbox:
     async def close(self) -> None:
         if self._flush_task is not None:
             await self._flush_task
+        self._disk.stop()
         if self._segment_fd is not None:
             os.close(self._segment_fd)
             self._segment_fd = None

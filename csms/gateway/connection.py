@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from csms.common.log_budget import BudgetedLog
+from csms.gateway.fast_send import send_now
 from csms.gateway.metrics import GatewayMetrics
 from csms.gateway.outgoing import SEND_FAILURES, OutgoingCalls, Socket
 from csms.ocpp.errors import RpcFrameworkError
@@ -144,10 +145,12 @@ class ChargerConnection:
         """Send a frame to the charger; a closed socket is not answered, a stuck one not waited for."""
         if not self._answering:
             return
+        if self._frames_logged:
+            self.log.debug("%s -> %s", self._name, loggable_frame(frame))
+        if send_now(self.socket, frame):
+            return  # written at once: nothing to wait for (csms.gateway.fast_send)
         try:
             async with asyncio.timeout(self._send_timeout_s):
-                if self._frames_logged:
-                    self.log.debug("%s -> %s", self._name, loggable_frame(frame))
                 await self.socket.send(frame)
         except TimeoutError:
             # The frame is in the write buffer and leaves when the charger reads again; the
