@@ -202,7 +202,7 @@ async def test_boot_notification(version: str, status: RegistrationStatus, inter
 @pytest.mark.parametrize("version", BOTH)
 async def test_boot_notification_clears_a_triggered_boot(version: str) -> None:
     session = new_session(version, registration="Pending")
-    session.state.triggered.add("BootNotification")
+    session.state.triggered["BootNotification"] = None
     result(await call(session, "BootNotification", boot_payload(version)), version)
     assert "BootNotification" not in session.state.triggered
 
@@ -231,7 +231,7 @@ async def test_pending_then_accepted_boot_unlocks_other_calls(version: str) -> N
 @pytest.mark.parametrize("version", BOTH)
 async def test_triggered_action_is_allowed_before_accepted(version: str) -> None:
     session = new_session(version, registration="Pending")
-    session.state.triggered.add("Heartbeat")
+    session.state.triggered["Heartbeat"] = None
     result(await call(session, "Heartbeat", {}), version)
     assert error(await call(session, "DataTransfer", {"vendorId": "acme"}), version) == "SecurityError"
 

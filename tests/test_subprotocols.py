@@ -65,6 +65,10 @@ async def test_a_new_connection_replaces_the_old_one(db_url: str) -> None:
         assert cast(Any, live.socket).remote_address == new.local_address
         await new.send(json.dumps([2, "h", "Heartbeat", {}]))
         assert json.loads(await asyncio.wait_for(new.recv(), 5))[:2] == [3, "h"]
+        # The handshake's headers are not kept for the connection's life (issue 15), and it works on.
+        server_side = cast(Any, live.socket)
+        assert len(server_side.request.headers) == 0
+        assert server_side.response is None
         async with central.api() as api:
             pending = asyncio.create_task(api.post("/api/v1/charge-points/DUP/ocpp/ClearCache", json={}))
             # The command goes to the new socket: answer it there.

@@ -42,13 +42,16 @@ class InProcessBus:
         if self._closing or self._task is None:
             raise BusError("bus is not running")
         rows = count_rows(list(events))
-        async with self._room:
-            await self._room.wait_for(lambda: self._pending_rows == 0
-                                      or self._pending_rows + rows <= self._max_pending_rows)
-            self._pending_rows += rows
+        if not self._has_room(rows):  # the condition only when it is needed: it costs a lock per publish
+            async with self._room:
+                await self._room.wait_for(lambda: self._has_room(rows))
+        self._pending_rows += rows
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((list(events), fut))
         await fut
+
+    def _has_room(self, rows: int) -> bool:
+        return self._pending_rows == 0 or self._pending_rows + rows <= self._max_pending_rows
 
     async def _run(self) -> None:
         while True:

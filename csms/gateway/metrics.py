@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics_core import Metric
@@ -28,6 +29,26 @@ class GatewayMetrics:
     tolerated: Counter
     commands_outstanding: Gauge
     build_info: Info
+    # Labelled children of the per-message metrics, looked up once: ``labels()`` validates,
+    # locks and hashes on every call (~1.5 µs, twice per message). Bounded: actions and
+    # outcomes come from fixed sets (unknown actions share one label).
+    _children: dict[tuple[str, ...], Any] = field(default_factory=dict)
+
+    def message_in(self, action: str, outcome: str) -> Any:
+        """The ``csms_ocpp_messages_total{direction="in"}`` child of an action and outcome."""
+        key = ("in", action, outcome)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.messages.labels(action, "in", outcome)
+        return child
+
+    def handling(self, action: str) -> Any:
+        """The ``csms_ocpp_handling_seconds`` child of an action."""
+        key = ("handling", action)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.handling_seconds.labels(action)
+        return child
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> GatewayMetrics:

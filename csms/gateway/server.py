@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
@@ -28,6 +29,7 @@ from csms.common.log_budget import BudgetedLog
 from csms.gateway.connection import ChargerConnection
 from csms.gateway.fleet import FleetDirectory
 from csms.gateway.handshake import HandshakePolicy
+from csms.gateway.keepalive import Keepalive
 from csms.gateway.live import Admission, Admissions, LiveConnections
 from csms.gateway.metrics import GatewayMetrics
 from csms.gateway.remote import CommandRouter
@@ -40,6 +42,7 @@ from schemas.bus import Bus, BusError
 from schemas.events import ConnectionEvent
 
 logger = logging.getLogger(__name__)
+_NO_HEADERS = Headers()   # shared by every connection after its handshake, never written to
 
 # Deflate without context takeover: 2.0.1 Part 4 §3.3 requires permessage-deflate support,
 # but zlib state kept between messages costs ~30 KiB per connection even with 2 KiB windows
@@ -107,6 +110,7 @@ class Gateway:
                                      interval_s=limits.rejected_frame_log_interval_s,
                                      per_interval=limits.rejected_frame_log_burst)
         self._closers: set[asyncio.Task[None]] = set()
+        self._keepalive: asyncio.Task[None] | None = None
         self._server: Server | None = None
         # The fleet registry and commands across nodes (fleet.py, remote.py); None: this process alone.
         self.fleet: FleetDirectory | None = None
@@ -142,14 +146,18 @@ class Gateway:
                 client_no_context_takeover=DEFLATE_NO_CONTEXT_TAKEOVER,
                 server_max_window_bits=DEFLATE_WINDOW_BITS, client_max_window_bits=DEFLATE_WINDOW_BITS,
                 compress_settings={"memLevel": DEFLATE_MEM_LEVEL})],
-            ping_interval=self._limits.ping_interval_s or None,
-            ping_timeout=self._limits.ping_timeout_s or None,
+            ping_interval=None,   # one task pings every connection (csms.gateway.keepalive)
             open_timeout=self._limits.open_timeout_s,
             max_size=self._limits.max_frame_bytes,
             max_queue=self._limits.websocket_max_queue_frames,
             server_header=None,
             reuse_port=self._reuse_port,
         )
+        if self._limits.ping_interval_s > 0:
+            limits = self._limits
+            keepalive = Keepalive(sockets=lambda: [c.socket for c in self.live.all()],
+                                  ping_interval_s=limits.ping_interval_s, ping_timeout_s=limits.ping_timeout_s)
+            self._keepalive = asyncio.create_task(keepalive.run(), name="ocpp-keepalive")
         logger.info("OCPP websocket server listening on %s://%s:%d%s/<chargePointId>",
                     "wss" if self._ssl else "ws", self._host, self.port, self._base_path.rstrip("/"))
 
@@ -241,12 +249,15 @@ class Gateway:
                 self._admissions.done(admission)
             await websocket.close(1008, "not admitted")
             return
-        if websocket.subprotocol is None:
+        if websocket.subprotocol is None or websocket.request is None:
             self._admissions.done(admission)
             self._metrics.handshake_failures.labels("no_subprotocol").inc()
             await websocket.close(1002, "no acceptable OCPP subprotocol offered")
             return
         version = ocpp_version_of(websocket.subprotocol)
+        # The handshake's headers (~5 KiB a connection, issue 15) are not needed again. The request itself
+        # stays: websockets reads the next event as a request while it is None.
+        websocket.request.headers, websocket.response = _NO_HEADERS, None
         epoch = admission.connection_epoch
         record = admission.verdict.record
         state = ProtocolState(charge_point_id=cp_id, version=version, registration=record.registration_status,
@@ -272,8 +283,7 @@ class Gateway:
         try:
             if old is not None:
                 # R28 (derived; the spec is silent): the newer authenticated connection wins; the old socket is
-                # usually half-open,
-                # and its close may take the whole close timeout: it must not delay this one.
+                # usually half-open, and its close may take the whole close timeout: it must not delay this one.
                 logger.info("charge point %s reconnected; closing its previous connection", cp_id)
                 self._close_replaced(old)
             # At the time the registry row has: a node-loss "disconnected" is never before it.
@@ -371,10 +381,10 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), max(0.0, deadline - loop.time()))
         finally:  # also when the caller's own timeout for this step cancels us first
-            for task in list(self._closers):
+            for task in [*self._closers, *([self._keepalive] if self._keepalive else [])]:
                 task.cancel()
-            if self._closers:
-                await asyncio.wait(self._closers)
+            if self._closers or self._keepalive:
+                await asyncio.wait([*self._closers, *([self._keepalive] if self._keepalive else [])])
             self._policy.close()   # the KDF threads: no handshake can need them any more
             self._refusals.flush()
             self._server = None

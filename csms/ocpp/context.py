@@ -76,12 +76,12 @@ class ProtocolState:
     node_id: str = ""
     # Actions the CSMS asked for with TriggerMessage: allowed even before Accepted (2.0.1 B02.FR.09,
     # 1.6J errata 3.10; R33).
-    triggered: set[str] = field(default_factory=set)
+    triggered: dict[str, None] = field(default_factory=dict)   # a set by its keys (64 bytes empty, a set 216)
     # 1.6: transaction running on each connector, and each transaction's meterStart (Wh).
     open_tx_by_connector: dict[int, int] = field(default_factory=dict)
     meter_start_wh: dict[str, float] = field(default_factory=dict)
     # 1.6: transactionIds this charger was never given (looked up once per connection, bounded).
-    unknown_tx_ids: set[int] = field(default_factory=set)
+    unknown_tx_ids: dict[int, None] = field(default_factory=dict)   # a set by its keys, as above
     # 2.0.1: (evse, connector) of each transaction; `evse` is sent only once (E01.FR.16).
     tx_evse: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     registers: RegisterTracker = field(default_factory=RegisterTracker)

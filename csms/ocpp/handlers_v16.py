@@ -56,7 +56,7 @@ async def boot_notification(ctx: Context, p: dict[str, Any]) -> Reply:
                     firmware_version=clean_text(p.get("firmwareVersion"), 64) or None)
     decision = await ctx.services.boot(ctx.state.charge_point_id, info)
     ctx.state.registration = decision.status
-    ctx.state.triggered.discard("BootNotification")
+    ctx.state.triggered.pop("BootNotification", None)
     event = ConnectionEvent(charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at,
                             time=ctx.received_at, event="boot", node_id=ctx.state.node_id, ocpp_version="1.6",
                             detail={"vendor": info.vendor, "model": info.model,
@@ -100,7 +100,7 @@ async def start_transaction(ctx: Context, p: dict[str, Any]) -> Reply:
     id_tag_info = await _id_tag_info(ctx, id_tag)
     uid = str(tx_id)
     ctx.state.open_tx_by_connector[connector] = tx_id
-    ctx.state.unknown_tx_ids.discard(tx_id)
+    ctx.state.unknown_tx_ids.pop(tx_id, None)
     ctx.state.meter_start_wh[uid] = float(meter_start)
     ctx.state.remember_window(uid, start=ts)
     evse_id, connector_id = _evse_connector(connector)
@@ -151,7 +151,7 @@ async def _known_transaction(ctx: Context, given: int) -> tuple[bool, int | None
     if key is None:
         if len(ctx.state.unknown_tx_ids) >= _UNKNOWN_IDS_REMEMBERED:
             ctx.state.unknown_tx_ids.clear()
-        ctx.state.unknown_tx_ids.add(given)
+        ctx.state.unknown_tx_ids[given] = None
         return False, None
     started_on = _key_connector(key)
     if started_on is not None and started_on not in ctx.state.open_tx_by_connector:

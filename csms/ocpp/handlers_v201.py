@@ -42,7 +42,7 @@ async def boot_notification(ctx: Context, p: dict[str, Any]) -> Reply:
                     firmware_version=clean_text(station.get("firmwareVersion"), 64) or None)
     decision = await ctx.services.boot(ctx.state.charge_point_id, info)
     ctx.state.registration = decision.status
-    ctx.state.triggered.discard("BootNotification")
+    ctx.state.triggered.pop("BootNotification", None)
     event = ConnectionEvent(charge_point_id=ctx.state.charge_point_id, received_at=ctx.received_at,
                             time=ctx.received_at, event="boot", node_id=ctx.state.node_id,
                             ocpp_version=ctx.state.version,

@@ -97,7 +97,7 @@ class OcppSession:
         commands.check_command(version=self.state.version, registration=self.state.registration, action=action,
                                payload=payload)
         if action in ("TriggerMessage", "ExtendedTriggerMessage"):
-            self.state.triggered.add(str(payload.get("requestedMessage", ""))[:64])
+            self.state.triggered[str(payload.get("requestedMessage", ""))[:64]] = None
 
     def error_frame(self, message_id: str, error: OcppError) -> str:
         return build_call_error(message_id, error, self.state.version)
