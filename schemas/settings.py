@@ -44,7 +44,8 @@ class Settings:
     ocpp_host: str = _opt("0.0.0.0", "address the OCPP websocket server listens on", roles="run,serve")  # noqa: S104
     ocpp_port: int = _opt(9000, "port of the OCPP websocket server", roles="run,serve")
     ocpp_path: str = _opt("/ocpp", "base path; chargers connect to <path>/<chargePointId>", roles="run,serve")
-    ping_interval_s: float = _opt(60.0, "websocket ping interval (0 disables)", roles="run,serve")
+    ping_interval_s: float = _opt(60.0, "each connection is pinged once per interval, from one task for all of "
+                                        "them (0 disables)", roles="run,serve")
     ping_timeout_s: float = _opt(60.0, "close the connection when a pong is this late", roles="run,serve")
     max_frame_bytes: int = _opt(262144, "largest OCPP frame accepted", roles="run,serve")
     open_timeout_s: float = _opt(10.0, "time allowed for a websocket handshake", roles="run,serve")

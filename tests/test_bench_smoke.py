@@ -54,6 +54,7 @@ def test_every_figure_has_its_baseline_and_ratio(quick_run: tuple[Path, dict[str
     assert len(data["goals"]) >= 7
     issue13 = {g["goal"].split(":")[0].split(",")[0] for g in data["goals"]}
     assert {"restart storm", "command latency"} <= issue13, issue13
+    assert any(g["goal"].startswith("memory per charger") for g in data["goals"])   # issue 15's ≤ 20 KiB
 
 
 def test_the_load_was_carried(quick_run: tuple[Path, dict[str, Any]]) -> None:

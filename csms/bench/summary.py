@@ -14,6 +14,7 @@ from csms.bench.ocpp_throughput import baseline_of
 GOAL_THROUGHPUT_RATIO = 0.5
 GOAL_CHARGERS = 20_000
 GOAL_KIB_PER_CONNECTION = 32.0
+GOAL_KIB_PER_CONNECTION_ISSUE15 = 20.0   # issue 15: slots, lazy per-connection objects, shared state
 GOAL_INGEST_RATIO = 0.6
 GOAL_P99_CALL_ROW_MS = 1000.0
 # Issue 13: a fleet across workers, the restart storm, commands across nodes.
@@ -225,6 +226,11 @@ def goals(benchmarks: dict[str, Any]) -> list[dict[str, Any]]:
                          f"≥ {GOAL_CHARGERS:,} at ≤ {GOAL_KIB_PER_CONNECTION:.0f} KiB each",
                          f"{held:,} held, {kib} KiB each",
                          held >= GOAL_CHARGERS and kib <= GOAL_KIB_PER_CONNECTION, note))
+        out.append(_goal("memory per charger, deflate negotiated (issue 15)",
+                         f"≤ {GOAL_KIB_PER_CONNECTION_ISSUE15:.0f} KiB each", f"{kib} KiB each at {held:,} chargers",
+                         kib <= GOAL_KIB_PER_CONNECTION_ISSUE15,
+                         f"csms's own state {per_conn['csms', 'off'] - per_conn['raw', 'off']:.1f} KiB on top of the "
+                         "raw server's (deflate off)" if {("raw", "off"), ("csms", "off")} <= per_conn.keys() else ""))
     i = benchmarks.get("ingest")
     if isinstance(i, dict) and "ratio_to_raw_copy" in i:
         q = i["ratio_to_raw_copy"]
