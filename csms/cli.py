@@ -38,8 +38,14 @@ from schemas.settings import SETTINGS_FIELDS, Settings, SettingsError, add_setti
 
 logger = logging.getLogger("csms")
 
-# Young-generation collections after this many new container objects (CPython default: 700).
-GC_GEN0_THRESHOLD = 50_000
+# Young-generation collections after this many new container objects (CPython default: 700), and
+# a middle-generation one after this many young ones (default 10). A middle-generation pause walks
+# every object that survived the young collections since the last one, ~0.8 µs each in a gateway
+# holding 10,000 chargers: (50,000, 20) let one reach 870,000 objects and 715 ms, which became the
+# steady fleet's p99 at 10,000 chargers (880 ms); with (20,000, 2) the longest in the same run was
+# 220 ms and the p99 290 ms (issue 15, docs/benchmarks.md section 4).
+GC_GEN0_THRESHOLD = 20_000
+GC_GEN1_THRESHOLD = 2
 
 ROLES = {
     "run": "run everything in one process on an embedded database (development, demos, small sites)",
@@ -94,9 +100,10 @@ def _tune_gc() -> None:
     """Long-running roles hold many long-lived objects (a connection each): a full collection
     walks them all and stalls the event loop (the raw echo server's p99 at 10,000 chargers: 540 ms
     with default collection, 2 ms without; docs/benchmarks.md). What exists after start-up is
-    frozen out of collection, and collections run less often; cycles are still collected."""
+    frozen out of collection, young collections run less often and middle ones stay short; cycles
+    are still collected."""
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 50)
+    gc.set_threshold(GC_GEN0_THRESHOLD, GC_GEN1_THRESHOLD, 50)
 
 
 def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], event_loop: str = "asyncio") -> None:
