@@ -43,7 +43,7 @@ logger = logging.getLogger("csms")
 # every object that survived the young collections since the last one, ~0.8 µs each in a gateway
 # holding 10,000 chargers: (50,000, 20) let one reach 870,000 objects and 715 ms, which became the
 # steady fleet's p99 at 10,000 chargers (880 ms); with (20,000, 2) the longest in the same run was
-# 220 ms and the p99 290 ms (issue 15, docs/benchmarks.md section 4).
+# 220 ms and the p99 290 ms (issue 15: a rerun of the steady-fleet step; docs/benchmarks.md predates it).
 GC_GEN0_THRESHOLD = 20_000
 GC_GEN1_THRESHOLD = 2
 
