@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 
 from csms.run.central import CentralSystem
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 from csms.store.registry import ChargePointSpec, EvseSpec, add_charge_point, add_id_token
 from schemas.settings import Settings
 from tests.harness import make_shared_tmpdir

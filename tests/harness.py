@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from csms.run.embedded_pg import EmbeddedPostgres, free_port
+from csms.run.embedded_pg import EmbeddedPostgres
+from csms.run.ports import free_port
 
 
 def make_shared_tmpdir(prefix: str) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 from csms.store.registry import ChargePointSpec, add_charge_point
 from schemas.migrate import apply_migrations
 from tests.central import PASSWORD

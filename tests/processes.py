@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import yaml
 
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 from tests.harness import make_shared_tmpdir
 
 SCRAPE_INTERVAL_S = 1

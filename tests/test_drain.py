@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 from csms.simulate.config import Behaviour, FleetShape, LinkOptions
 from csms.simulate.fleet import plan_fleet
 from csms.simulate.runner import FleetRunner

@@ -29,7 +29,7 @@ import pytest
 import websockets
 
 from csms.gateway.node_messages import CommandReply, CommandRequest, decode, encode
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 from schemas.topics import node_commands_topic, node_replies_topic
 from tests.central import PASSWORD
 from tests.chargers import basic_auth, iso

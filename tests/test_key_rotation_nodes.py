@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 from tests.central import PASSWORD
 from tests.chargers import connect_charger
 from tests.harness import MosquittoService, PostgresService, make_shared_tmpdir

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from csms.run.embedded_pg import EmbeddedPostgres, free_port
+from csms.run.embedded_pg import EmbeddedPostgres
+from csms.run.ports import free_port
 from tests.central import PASSWORD
 from tests.harness import MosquittoService, PostgresService, make_shared_tmpdir, start_mosquitto
 from tests.pipeline import Role, csms_ingest, csms_serve, prepare, stored_keys, wait_for_rows

@@ -31,7 +31,7 @@ import pytest
 import websockets
 import yaml
 
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 from csms.store.registry import add_id_token
 from tests.central import PASSWORD
 from tests.chargers import basic_auth

@@ -37,7 +37,7 @@ from csms.bench.common import (
     start_mosquitto,
     wait_port,
 )
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 
 TOKEN = "bench-operator-token-0123456789"  # noqa: S105 - a throw-away benchmark cluster
 CHARGER = "BENCH-CMD-1"

@@ -21,7 +21,8 @@ from typing import IO, Any
 import asyncpg
 from argon2 import PasswordHasher
 
-from csms.run.embedded_pg import EmbeddedPostgres, free_port
+from csms.run.embedded_pg import EmbeddedPostgres
+from csms.run.ports import free_port
 from csms.security.credentials import hash_password
 from schemas.migrate import apply_migrations
 

@@ -41,7 +41,7 @@ from csms.bench.common import (
 )
 from csms.bench.fleet import ClientFleet
 from csms.gateway.server import DEFLATE_MEM_LEVEL, DEFLATE_WINDOW_BITS
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 
 KIB = 1024
 SETTLE_S = 1.0

@@ -31,7 +31,8 @@ from typing import Any
 
 import asyncpg
 
-from csms.run.embedded_pg import EmbeddedPostgres, free_port
+from csms.run.embedded_pg import EmbeddedPostgres
+from csms.run.ports import free_port
 from csms.store.registry import ChargePointSpec, add_charge_point
 from schemas.migrate import apply_migrations
 

@@ -39,7 +39,8 @@ from prometheus_client import CollectorRegistry
 from csms.api.app import create_app
 from csms.bench.report_history import existing_history, generate, month_start
 from csms.reporting import evchart
-from csms.run.embedded_pg import EmbeddedPostgres, free_port
+from csms.run.embedded_pg import EmbeddedPostgres
+from csms.run.ports import free_port
 from csms.store import evchart_sessions
 from schemas.migrate import apply_migrations
 

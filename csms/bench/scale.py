@@ -41,7 +41,7 @@ from csms.bench.fleet import ClientFleet
 from csms.bench.steady import _ms, commit_latencies
 from csms.bench.workers import ServerGroup, busy_share, machine_cpu_ticks, mem_available_bytes
 from csms.gateway.server import DEFLATE_NO_CONTEXT_TAKEOVER
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 
 KIB = 1024
 EPHEMERAL_PORTS = 60999 - 32768 + 1

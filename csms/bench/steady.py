@@ -46,7 +46,7 @@ from csms.bench.common import (
     wait_port,
 )
 from csms.bench.fleet import ClientFleet
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 
 TOPOLOGIES = ("echo", "embedded", "mqtt")
 # Read from the roles' /metrics around each phase, to say where the time went.

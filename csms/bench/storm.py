@@ -56,7 +56,7 @@ from csms.bench.common import (
 )
 from csms.bench.fleet import ClientFleet
 from csms.bench.workers import ServerGroup
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 from csms.security.secret import CredentialKey
 
 

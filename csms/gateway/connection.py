@@ -8,9 +8,10 @@ R40 [1.6 §3.7]); responses to our own calls are matched at once. A CALL is answ
 its events are durable on the bus; what to answer when they cannot be made durable is
 the protocol core's decision (``OcppSession.not_durable``).
 
-Every way a connection ends ends its handler: the worker survives a failed or stuck
-send (what was received is still stored, a closed socket is simply not answered), the
-reader's wait for room in the full queue never outlives the socket, and the worker is
+Messages are taken by callback as websockets parses them (``csms.gateway.frame_push``); when
+the queue is full, the socket is not read until the worker takes one (back-pressure on the
+charger). Every way a connection ends ends its handler: the worker survives a failed or stuck
+send (what was received is still stored, a closed socket is simply not answered), and it is
 stopped within ``drain_timeout_s`` of the disconnect.
 """
 
@@ -22,9 +23,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosedOK
+
 from csms.common.log_budget import BudgetedLog
 from csms.gateway.call_queue import CallQueue
 from csms.gateway.fast_send import send_now
+from csms.gateway.frame_push import FrameSink, install
 from csms.gateway.metrics import GatewayMetrics
 from csms.gateway.outgoing import SEND_FAILURES, OutgoingCalls, Socket
 from csms.ocpp.errors import RpcFrameworkError
@@ -58,7 +63,10 @@ class ChargerConnection:
         # Message ids being handled (a dict: 64 bytes empty, where a set takes 216; issue 15).
         self._in_progress: dict[str, None] = {}
         self._worker: asyncio.Task[None] | None = None
-        self._socket_closed: asyncio.Task[None] | None = None
+        self._sink: FrameSink | None = None
+        # CALLs read while the queue was full (reading is paused until the worker takes one).
+        self._overflow: list[tuple[Call | Send, datetime, float]] = []
+        self._answers: set[asyncio.Task[None]] = set()
         self._answering = True
         self._write_stuck_logged = False
         cp = session.state.charge_point_id
@@ -92,11 +100,22 @@ class ChargerConnection:
         return await self.outgoing.call(action, payload)
 
     async def run(self) -> None:
-        """Read frames until the socket closes; then let the worker finish what was received."""
+        """Take messages until the socket closes; then let the worker finish what was received.
+
+        Messages arrive by callback (``csms.gateway.frame_push``), not through ``recv()``; the end
+        of the stream is the same as ``async for``'s: a normal close returns, any other raises.
+        """
+        socket = self.socket
+        assert isinstance(socket, Connection)
         self._worker = asyncio.create_task(self._work(), name=f"ocpp-calls-{self._name}")
         try:
-            async for raw in self.socket:
-                await self._on_frame(raw)
+            self._sink = install(socket, self._on_message)
+            await asyncio.shield(self._sink.ended)
+            await self._sink.stop()
+            await asyncio.shield(socket.connection_lost_waiter)  # close_exc is known once CLOSED
+            exc = socket.close_exc
+            if not isinstance(exc, ConnectionClosedOK):
+                raise exc
         finally:
             self.outgoing.close()
             try:
@@ -112,6 +131,8 @@ class ChargerConnection:
             # The CALLs already received are handled to the end (their data must not be lost),
             # within a bound: unanswered ones are sent again by the charger (R41 [1.6 §3.7.1, 2.0.1 E13]).
             async with asyncio.timeout(self._drain_timeout_s):
+                while self._overflow:
+                    await self._queue.put(self._overflow.pop(0))
                 await self._queue.put(None)
                 await asyncio.shield(worker)
         except TimeoutError:
@@ -121,18 +142,23 @@ class ChargerConnection:
         finally:
             worker.cancel()
             await asyncio.wait({worker})
-            if self._socket_closed is not None:
-                self._socket_closed.cancel()
-                await asyncio.wait({self._socket_closed})
             while not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is not None:
                     self._in_progress.pop(item[0].message_id, None)
+            for task in list(self._answers):
+                task.cancel()
+            if self._answers:
+                await asyncio.wait(self._answers)
 
     async def _work(self) -> None:
         """The per-connection worker: CALLs in arrival order; nothing a CALL does can end it."""
         while True:
             item = await self._queue.get()
+            if self._overflow:
+                self._queue.put_nowait(self._overflow.pop(0))
+            elif self._sink is not None and self._sink.paused:
+                self._sink.resume()  # room again: read the socket again
             if item is None:
                 return
             msg, received_at, started = item
@@ -174,30 +200,38 @@ class ChargerConnection:
                                              per_interval=self._rejected_log_burst)
         return self._rejected_log
 
-    def _closed_waiter(self) -> asyncio.Task[None]:
-        if self._socket_closed is None:
-            self._socket_closed = asyncio.create_task(self.socket.wait_closed(), name=f"ocpp-closed-{self._name}")
-        return self._socket_closed
+    def _answer_soon(self, frame: str) -> None:
+        """An answer from the receive callback, which cannot wait: written now or by a task of its own."""
+        if not self._answering:
+            return
+        if not self._frames_logged and send_now(self.socket, frame):
+            return
+        task = asyncio.create_task(self._answer(frame), name=f"ocpp-answer-{self._name}")
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
 
-    async def _enqueue(self, item: tuple[Call | Send, datetime, float]) -> bool:
-        """Queue a CALL for the worker; False if the socket closed while the queue stayed full."""
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except asyncio.QueueFull:
-            pass
-        # Full: the socket is not read until the worker takes one (back-pressure on the charger),
-        # but never longer than the socket lives (a charger leaving with its queue full).
-        put = asyncio.create_task(self._queue.put(item), name=f"ocpp-enqueue-{self._name}")
-        try:
-            await asyncio.wait({put, self._closed_waiter()}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not put.done():
-                put.cancel()
-                await asyncio.wait({put})
-        return not put.cancelled()
+    def _queue_call(self, item: tuple[Call | Send, datetime, float]) -> None:
+        """Queue a CALL for the worker; when the queue is full, stop reading the socket (back-pressure)."""
+        if not self._overflow:
+            try:
+                self._queue.put_nowait(item)
+                return
+            except asyncio.QueueFull:
+                pass
+        # The frames already read in this chunk still arrive; they wait here, in order, and nothing
+        # more is read until the worker has taken one.
+        self._overflow.append(item)
+        if self._sink is not None:
+            self._sink.pause()
 
-    async def _on_frame(self, raw: str | bytes) -> None:
+    def _on_message(self, raw: str | bytes) -> None:
+        """A complete message from the charger (called from the socket's ``data_received``)."""
+        try:
+            self._on_frame(raw)
+        except Exception:
+            self.log.exception("a frame from %s could not be taken", self._name)
+
+    def _on_frame(self, raw: str | bytes) -> None:
         received_at = datetime.now(UTC)
         self.last_message_at = received_at  # any message is proof of life (R18 [1.6 §4.6, 2.0.1 G02.FR.04])
         if self._frames_logged:
@@ -209,7 +243,7 @@ class ChargerConnection:
             self._metrics.messages.labels("-", "in", "rejected").inc()
             self._metrics.callerrors_sent.labels(exc.error.code).inc()
             self._rejected().event(exc.error.description)
-            await self._answer(self.session.error_frame(exc.message_id, exc.error))
+            self._answer_soon(self.session.error_frame(exc.message_id, exc.error))
             return
         except FrameIgnored as exc:
             self._metrics.messages.labels("-", "in", "ignored").inc()
@@ -218,13 +252,11 @@ class ChargerConnection:
         if isinstance(msg, Call | Send):
             if msg.message_id in self._in_progress:
                 # An existing call with the same id is being handled (1.6J §4.2.3; R9).
-                await self._answer(self.session.error_frame(
+                self._answer_soon(self.session.error_frame(
                     msg.message_id, RpcFrameworkError("a message with this id is already being processed")))
                 return
             self._in_progress[msg.message_id] = None
-            if not await self._enqueue((msg, received_at, started)):
-                # Never queued, never answered: the charger sends it again on its next connection.
-                self._in_progress.pop(msg.message_id, None)
+            self._queue_call((msg, received_at, started))
         else:
             self.outgoing.resolve(msg)
 

@@ -31,6 +31,7 @@ from csms.gateway.server import Gateway
 from csms.run.compose import build_gateway
 from csms.run.embedded_pg import EmbeddedPostgres
 from csms.run.fleet import Fleet, start_fleet
+from csms.run.gc_metrics import GcPauseMetrics
 from csms.run.http_server import HttpServer, metrics_app
 from csms.run.key_rotation import start_key_rotation
 from csms.run.roles import load_ingest_role
@@ -92,6 +93,7 @@ class CentralSystem:
         self.worker = worker
         self.metrics_http: HttpServer | None = None
         self.metrics = CollectorRegistry()
+        self.gc_pauses = GcPauseMetrics()
         self.database_url: str | None = settings.database_url
         self.pg: EmbeddedPostgres | None = None
         self.pool: asyncpg.Pool | None = None
@@ -108,6 +110,7 @@ class CentralSystem:
 
     async def start(self) -> None:
         s = self.settings
+        self.gc_pauses.install(self.metrics)
         if self.database_url is None:
             if not self.embedded:
                 raise ConfigurationError("csms serve needs --database-url (CSMS_DATABASE_URL)")
@@ -206,6 +209,7 @@ class CentralSystem:
         if self.pg is not None:
             async with _step("embedded-postgres", t + 30):
                 await asyncio.to_thread(self.pg.stop)
+        self.gc_pauses.uninstall(self.metrics)
         logger.info("stopped")
 
     async def _stop_worker(self) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from csms.common.errors import ConfigurationError
-from csms.run.embedded_pg import free_port
+from csms.run.ports import free_port
 
 logger = logging.getLogger(__name__)
 

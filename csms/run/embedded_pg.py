@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from csms.common.errors import EmbeddedDatabaseError
+from csms.run.ports import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +61,6 @@ def find_pg_bin_dir() -> Path:
     if pg_ctl:
         return Path(pg_ctl).resolve().parent
     raise EmbeddedDatabaseError("PostgreSQL binaries not found: run deploy/setup.sh")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_in_use(port: int) -> bool:

@@ -13,6 +13,7 @@ from csms import __version__
 from csms.api.app import create_app
 from csms.common.errors import ConfigurationError
 from csms.run.central import load_or_create_api_token, migrate
+from csms.run.gc_metrics import GcPauseMetrics
 from csms.run.http_server import HttpServer
 from csms.run.roles import load_ingest_role
 from csms.store.metrics import register_pool_metrics
@@ -25,6 +26,8 @@ async def run_ingest(settings: Settings, stop_event: asyncio.Event) -> None:
         raise ConfigurationError("csms ingest needs --database-url (CSMS_DATABASE_URL)")
     await migrate(settings.database_url, timeout_s=settings.db_connect_timeout_s)
     metrics = CollectorRegistry()
+    gc_pauses = GcPauseMetrics()
+    gc_pauses.install(metrics)
     # The health check's own pool; the worker's writer has its own (ingest_db_pool_max).
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
     register_pool_metrics(metrics, pool, role="ingest")
@@ -52,3 +55,4 @@ async def run_ingest(settings: Settings, stop_event: asyncio.Event) -> None:
     finally:
         await http.stop()
         await pool.close()
+        gc_pauses.uninstall(metrics)
