@@ -44,7 +44,8 @@ CHARGERS_201 = ["DASH201-C"]
 # The charger-templated panels run for a 1.6 and a 2.0.1 charger.
 DETAIL_CHARGERS = [CHARGERS_16[0], CHARGERS_201[0]]
 
-# Every metric the system exports (csms/gateway/metrics.py, ingest/metrics.py); histograms add suffixes.
+# Every metric the system exports (csms/gateway/metrics.py, ingest/metrics.py, csms/run/gc_metrics.py);
+# histograms add suffixes.
 METRICS = frozenset({
     "csms_build_info", "csms_chargers_connected", "csms_connections_opened_total", "csms_connections_closed_total",
     "csms_handshake_failures_total", "csms_ocpp_messages_total", "csms_ocpp_callerrors_sent_total",
@@ -59,7 +60,7 @@ METRICS = frozenset({
 HISTOGRAMS = frozenset({
     "csms_ocpp_handling_seconds", "csms_bus_publish_seconds", "csms_command_seconds",
     "csms_bus_mqtt_publish_seconds", "csms_ingest_batch_rows", "csms_ingest_commit_seconds",
-    "csms_ingest_end_to_end_lag_seconds",
+    "csms_ingest_end_to_end_lag_seconds", "csms_gc_pause_seconds",
 })
 KNOWN_METRICS = METRICS | {h + suffix for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 

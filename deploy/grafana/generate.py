@@ -969,6 +969,11 @@ def operations() -> Json:
         prom_targets(("sum by (role) (csms_db_pool_connections)", "{{role}} open"),
                      ("sum by (role) (csms_db_pool_connections - csms_db_pool_idle_connections)", "{{role}} in use")),
         unit="none"))
+    lay.add(*_rate_panel(
+        "Garbage-collection pauses", "99th percentile of the time a process stood still in one garbage collection, "
+        "by generation, over all roles (csms_gc_pause_seconds). Every connection of a gateway waits for it: a "
+        "rise here shows up as the fleet's answer latency.",
+        quantiles("csms_gc_pause_seconds", by="generation", qs=(0.99,)), unit="s"))
 
     # Ingest
     lay.add(*_rate_panel(
