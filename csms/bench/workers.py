@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,20 +18,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from csms.bench.common import cpu_seconds, csms_serve, raw_server, rss_bytes, stop_process
+from csms.run.ports import bindable
 
 
 def free_port_range(count: int, start: int = 21000, stop: int = 32000) -> int:
     """The first of ``count`` consecutive free loopback ports (the workers' metrics ports)."""
     for base in range(start + os.getpid() % 97 * 50, stop, count + 1):
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+        if all(bindable("127.0.0.1", port) for port in range(base, base + count)):
             return base
     raise RuntimeError(f"no {count} consecutive free ports in {start}…{stop}")
 

@@ -31,7 +31,8 @@ def _ephemeral_start() -> int:
         return 32_768
 
 
-def _bindable(host: str, port: int) -> bool:
+def bindable(host: str, port: int) -> bool:
+    """Nothing holds ``port`` on ``host`` now (a plain bind succeeds)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
@@ -47,7 +48,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     if span > 0:
         for _ in range(span):
             port = FIRST_PORT + next(_next) % span
-            if _bindable(host, port):
+            if bindable(host, port):
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # no room below: the kernel's choice
         sock.bind((host, 0))
