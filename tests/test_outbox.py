@@ -7,6 +7,7 @@ import errno
 import itertools
 import logging
 import os
+import random
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -398,6 +399,51 @@ async def test_confirmations_of_unknown_or_old_ranges_are_harmless(tmp_path: Pat
     box.confirm(50, 60)     # beyond anything appended
     assert box.committed.watermark == 0
     assert _ranges(box.unconfirmed(-1)) == [(1, 1)]
+    await box.close()
+
+
+def _scan_unconfirmed(records: list[tuple[int, int]], confirmed: set[int], after: int) -> list[tuple[int, int]]:
+    """What ``unconfirmed`` must return, by the obvious scan (it bisects)."""
+    return [(lo, hi) for lo, hi in records if hi > after and lo not in confirmed]
+
+
+async def test_bisection_agrees_with_a_scan_over_a_random_backlog(tmp_path: Path) -> None:
+    rng = random.Random(15)
+    box = _outbox(tmp_path, max_bytes=2**30)
+    appended: list[tuple[int, int]] = []
+    seq = 0
+    for _ in range(400):
+        size = rng.randint(1, 4)
+        await box.append([_conn(seq + k) for k in range(size)])
+        appended.append((seq, seq + size - 1))
+        seq += size
+    confirmed: set[int] = set()   # first_seq of records wholly inside some confirmed range
+    watermark = -1
+    for step in range(600):
+        lo = rng.randint(-3, seq + 3)
+        hi = lo + rng.choice((0, 0, 1, 2, 3, 7, 20))
+        if step % 50 == 49:      # now and then the next records in order: the watermark moves
+            lo, hi = watermark + 1, watermark + rng.randint(1, 30)
+        box.confirm(lo, hi)
+        confirmed |= {first for first, last in appended if lo <= first and last <= hi}
+        watermark = box.committed.watermark
+        live = [(first, last) for first, last in appended if last > watermark]
+        live_confirmed = {first for first in confirmed if first > watermark}
+        for after in (-1, watermark, rng.randint(-2, seq + 2), seq - 1, seq + 5):
+            assert _ranges(box.unconfirmed(after)) == _scan_unconfirmed(live, live_confirmed, after), (step, after)
+    assert watermark > 0, "the random confirmations never moved the watermark"
+    assert _ranges(box.unconfirmed(-1)) == _scan_unconfirmed(
+        [(f, la) for f, la in appended if la > watermark], {f for f in confirmed if f > watermark}, -1)
+    await box.close()
+
+
+async def test_unconfirmed_returns_a_copy(tmp_path: Path) -> None:
+    box = _outbox(tmp_path)
+    for i in range(3):
+        await box.append([_conn(i)])
+    pending = box.unconfirmed(-1)
+    pending.clear()   # the sender's list is its own: the outbox keeps its records
+    assert _ranges(box.unconfirmed(-1)) == [(0, 0), (1, 1), (2, 2)]
     await box.close()
 
 

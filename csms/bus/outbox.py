@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 
 import msgspec
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
 _SEGMENT_SUFFIX = ".log"
+_FIRST_SEQ = attrgetter("first_seq")
+_LAST_SEQ = attrgetter("last_seq")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +56,6 @@ class OutboxRecord:
     last_seq: int
     payload: bytes            # an encoded EventBatch
     oldest_received_at: datetime
-
-
-def _first_seq(record: OutboxRecord) -> int:
-    return record.first_seq
-
-
-def _last_seq(record: OutboxRecord) -> int:
-    return record.last_seq
 
 
 class CommittedRanges:
@@ -245,7 +240,7 @@ class Outbox:
         # Records are in sequence order, so a bisection finds the first one after ``after_seq``:
         # the sender asks every coalesce window, and a scan of the whole backlog each time
         # (ingest lagging: tens of thousands of records) took a third of the event loop.
-        start = bisect.bisect_right(self._records, after_seq, key=_last_seq)
+        start = bisect.bisect_right(self._records, after_seq, key=_LAST_SEQ)
         if not self._confirmed:
             return self._records[start:]
         return [r for r in self._records[start:] if r.first_seq not in self._confirmed]
@@ -254,7 +249,7 @@ class Outbox:
         # Only the records inside [first, last], found by bisection: confirmations arrive for
         # every ingest batch, and a scan of the whole backlog per confirmation made the cost
         # grow with the backlog, i.e. worst exactly when ingest lags.
-        i = bisect.bisect_left(self._records, first, key=_first_seq)
+        i = bisect.bisect_left(self._records, first, key=_FIRST_SEQ)
         while i < len(self._records) and self._records[i].last_seq <= last:
             self._confirmed.add(self._records[i].first_seq)
             i += 1
