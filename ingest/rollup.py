@@ -131,7 +131,13 @@ async def refresh(pool: asyncpg.Pool, *, now: datetime | None = None, ports_per_
                     await conn.execute(_KEEP_DIRTY, [f[0] for f in failed], [f[1] for f in failed],
                                        [f[2] for f in failed])
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK_KEY)
+            try:
+                await conn.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK_KEY)
+            except BaseException:
+                # The writer's pool does not reset sessions (ingest/writer.py keep_session): a
+                # lock kept on a pooled connection would stop every later roll-up.
+                conn.terminate()
+                raise
     return RefreshResult(True, until, len(ports), buckets, spans, time.perf_counter() - began, len(failed))
 
 

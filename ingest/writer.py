@@ -1,9 +1,11 @@
 """Idempotent batch writes to TimescaleDB.
 
-Each batch is one transaction. Time-series rows go by binary COPY into per-connection
-temporary staging tables, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` on the
-natural keys, so redelivered or retried data never doubles (and the number of rows
-that were absorbed as duplicates is known). Transactions are merged with
+Each batch is one transaction. A small batch of samples and status changes is one statement
+(ingest/writer_small.py). Otherwise time-series rows go by binary COPY straight into the table;
+if any row is stored already, the batch goes again by COPY into per-connection temporary
+staging tables, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` on the natural keys. So
+redelivered or retried data never doubles (and the number of rows that were absorbed as
+duplicates is known). Transactions are merged with
 order-independent upserts, so a Stop before its Start still ends as one session.
 """
 
@@ -29,6 +31,7 @@ from ingest.writer_ocpp21 import (
     Ocpp21Event,
     write_ocpp21,
 )
+from ingest.writer_small import MARKS_UPSERT, SEEN_UPDATE, SINGLE_STATEMENT_MAX_ROWS, write_single_statement
 from schemas.events import ConnectionEvent, Event, LogEvent, MeterEvent, StatusEvent, TransactionEvent
 from schemas.port_state import ROLLED_MEASURANDS
 
@@ -115,19 +118,6 @@ UPDATE charge_points SET
 WHERE id = $1
 """
 
-# The roll-up (ingest/rollup.py) recomputes a port's state minutes from ``since`` on.
-_DIRTY_UPSERT = """
-INSERT INTO port_state_dirty AS d (charge_point_id, evse_id, since)
-SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[])
-ON CONFLICT (charge_point_id, evse_id) DO UPDATE SET since = LEAST(d.since, EXCLUDED.since), version = d.version + 1
-"""
-
-_SEEN_UPDATE = """
-UPDATE charge_points AS c SET last_seen_at = GREATEST(c.last_seen_at, v.seen)
-FROM unnest($1::text[], $2::timestamptz[]) AS v(id, seen) WHERE c.id = v.id
-"""
-
-
 @dataclass(slots=True)
 class WriteResult:
     """What one batch did: rows inserted per table, and rows absorbed as duplicates."""
@@ -145,6 +135,17 @@ async def init_connection(conn: asyncpg.Connection | PoolConnectionProxy) -> Non
     # Binary jsonb (what COPY ... BINARY needs) is a version byte 1 followed by the JSON text.
     await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog",
                               format="binary")
+
+
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Pool ``reset`` hook: nothing to undo on release, so no round trip per batch (issue 15).
+
+    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` at
+    every release, one more round trip per batch. This pool's users (the writer, the roll-up,
+    maintenance) set no session variables, keep no cursors and listen to nothing, and the
+    roll-up releases its advisory lock itself or closes the connection (ingest/rollup.py).
+    asyncpg still rolls back an open transaction before this hook runs.
+    """
 
 
 def _jsonb_encode(value: object) -> bytes:
@@ -165,7 +166,7 @@ class TimescaleWriter:
     async def connect(cls, *, database_url: str, min_size: int = 1, max_size: int = 4,
                       connect_timeout_s: float = 10.0) -> TimescaleWriter:
         pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size,
-                                         init=init_connection, timeout=connect_timeout_s)
+                                         init=init_connection, reset=keep_session, timeout=connect_timeout_s)
         return cls(pool=pool)
 
     @property
@@ -178,6 +179,8 @@ class TimescaleWriter:
     async def write_batch(self, events: Sequence[Event]) -> WriteResult:
         rows = _split(events)
         async with self._pool.acquire() as conn:
+            if rows.single_statement() and len(rows.meter) + len(rows.status) <= SINGLE_STATEMENT_MAX_ROWS:
+                return await _write_single_statement(conn, rows)
             try:
                 result = await _write_rows(conn, rows, _copy_new)
             except asyncpg.UniqueViolationError:
@@ -189,7 +192,7 @@ class TimescaleWriter:
                 # two writers wait on each other's charge_points rows. The same connection: no
                 # second pool acquire and reset per batch (issue 15).
                 ids = sorted(rows.seen)
-                await conn.execute(_SEEN_UPDATE, ids, [rows.seen[i] for i in ids])
+                await conn.execute(SEEN_UPDATE, ids, [rows.seen[i] for i in ids])
         return result
 
 
@@ -206,6 +209,10 @@ class _Rows:
     ocpp21: list[Ocpp21Event] = field(default_factory=list)
     seen: dict[str, datetime] = field(default_factory=dict)
     dirty: dict[tuple[str, int], datetime] = field(default_factory=dict)
+
+    def single_statement(self) -> bool:
+        """Only samples and status changes (the steady traffic): the single statement can write them."""
+        return not (self.conns or self.logs or self.boots or self.txs or self.ocpp21)
 
 
 def _split(events: Sequence[Event]) -> _Rows:
@@ -268,8 +275,22 @@ async def _write_rows(conn: PoolConnectionProxy, b: _Rows, copy: CopyDedup) -> W
                                boot.time)
         if b.dirty:
             keys = sorted(b.dirty)  # key order: concurrent batches lock marks in the same order
-            await conn.execute(_DIRTY_UPSERT, [k[0] for k in keys], [k[1] for k in keys],
+            await conn.execute(MARKS_UPSERT, [k[0] for k in keys], [k[1] for k in keys],
                                [b.dirty[k] for k in keys])
+    return result
+
+
+async def _write_single_statement(conn: PoolConnectionProxy, b: _Rows) -> WriteResult:
+    keys = sorted(b.dirty)  # key order: concurrent batches lock marks in the same order
+    ids = sorted(b.seen)
+    counts = await write_single_statement(
+        conn, _unique("meter_samples", b.meter), _unique("connector_status", b.status), [k[0] for k in keys],
+        [k[1] for k in keys], [b.dirty[k] for k in keys], ids, [b.seen[i] for i in ids])
+    result = WriteResult()
+    for table, rows, inserted in (("meter_samples", b.meter, counts[0]), ("connector_status", b.status, counts[1])):
+        if rows:
+            result.inserted[table] = inserted
+            result.duplicates[table] = len(rows) - inserted
     return result
 
 

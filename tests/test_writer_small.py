@@ -1,0 +1,129 @@
+"""The one-statement write of small batches (ingest/writer_small.py) against the COPY path.
+
+Both paths must leave the same rows, the same roll-up marks and the same ``last_seen_at``,
+and report the same inserted and duplicate counts, for any sequence of batches (repeats,
+partial overlaps, duplicates inside a batch). The single statement relies on the tables'
+row types having the writer's column order, which the first test checks.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from ingest import writer as writer_module
+from ingest import writer_small
+from ingest.writer import TimescaleWriter
+from schemas.events import ConnectionEvent, Event, MeterEvent, Sample, StatusEvent
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+CHARGERS = ("CP1", "CP2", "CP3")
+MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Voltage", "SoC")
+
+
+async def test_the_tables_row_types_have_the_writers_column_order(db: asyncpg.Connection) -> None:
+    for table, columns in (("meter_samples", writer_module._METER_COLUMNS),
+                           ("connector_status", writer_module._STATUS_COLUMNS)):
+        stored = [r["attname"] for r in await db.fetch(
+            """SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0
+               AND NOT attisdropped ORDER BY attnum""", table)]
+        assert tuple(stored) == columns, table
+
+
+def _batch(rng: random.Random) -> list[Event]:
+    events: list[Event] = []
+    for _ in range(rng.randint(1, 12)):
+        cp = rng.choice(CHARGERS)
+        received = T0 + timedelta(seconds=rng.randint(0, 600))
+        if rng.random() < 0.75:
+            samples = [Sample(time=T0 + timedelta(minutes=rng.randint(0, 40)), measurand=rng.choice(MEASURANDS),
+                              phase=rng.choice(("", "L1")), location="Outlet", context="Sample.Periodic",
+                              value=float(rng.randint(0, 9)), unit="Wh", raw_value="1", raw_unit="Wh")
+                       for _ in range(rng.randint(1, 4))]
+            events.append(MeterEvent(charge_point_id=cp, received_at=received, evse_id=rng.randint(1, 2),
+                                     connector_id=1, transaction_uid=rng.choice(("", "tx1", "tx2")),
+                                     samples=samples))
+        else:
+            moment = T0 + timedelta(minutes=rng.randint(0, 40))
+            events.append(StatusEvent(charge_point_id=cp, received_at=received, time=moment,
+                                      evse_id=rng.randint(0, 2), connector_id=1,
+                                      status=rng.choice(("Available", "Charging", "Faulted"))))
+    return events
+
+
+async def _snapshot(db: asyncpg.Connection) -> dict[str, Any]:
+    return {
+        "meter": [tuple(r) for r in await db.fetch("SELECT * FROM meter_samples ORDER BY 2, 3, 4, 5, 6, 7, 1")],
+        "status": [tuple(r) for r in await db.fetch("SELECT * FROM connector_status ORDER BY 2, 3, 4, 5, 1")],
+        "marks": [tuple(r) for r in await db.fetch(
+            "SELECT charge_point_id, evse_id, since FROM port_state_dirty ORDER BY 1, 2")],
+        "seen": [tuple(r) for r in await db.fetch("SELECT id, last_seen_at FROM charge_points ORDER BY 1")],
+    }
+
+
+async def _reset(db: asyncpg.Connection) -> None:
+    await db.execute("TRUNCATE meter_samples, connector_status, port_state_dirty")
+    await db.execute("UPDATE charge_points SET last_seen_at = NULL")
+
+
+async def _run(db_url: str, batches: list[list[Event]]) -> list[tuple[dict[str, int], dict[str, int]]]:
+    writer = await TimescaleWriter.connect(database_url=db_url)
+    try:
+        return [(r.inserted, r.duplicates) for r in [await writer.write_batch(b) for b in batches]]
+    finally:
+        await writer.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_the_single_statement_stores_and_counts_what_copy_does(
+        db_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    for cp in CHARGERS:
+        await db.execute("INSERT INTO charge_points (id) VALUES ($1)", cp)
+    rng = random.Random(seed)
+    fresh = [_batch(rng) for _ in range(6)]
+    # Repeats and overlaps, as redelivery after a lost acknowledgement makes them.
+    batches = [*fresh, fresh[0], fresh[2] + fresh[3], fresh[5] + _batch(rng)]
+
+    single = await _run(db_url, batches)
+    by_single = await _snapshot(db)
+    await _reset(db)
+    monkeypatch.setattr(writer_module, "SINGLE_STATEMENT_MAX_ROWS", 0)  # every batch by COPY
+    by_copy = await _run(db_url, batches)
+
+    assert single == by_copy
+    assert by_single == await _snapshot(db)
+    assert by_single["meter"]
+    assert by_single["status"]
+    assert by_single["marks"]
+    assert sum(d.get("meter_samples", 0) for _, d in single) > 0  # the repeats were absorbed, not stored
+
+
+async def test_a_batch_with_other_events_or_over_the_limit_goes_by_copy(
+        db_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    await db.execute("INSERT INTO charge_points (id) VALUES ('CP1')")
+    calls: list[int] = []
+    real = writer_small.write_single_statement
+
+    async def counting(*args: Any) -> tuple[int, int]:
+        calls.append(len(args[1]))
+        return await real(*args)
+
+    monkeypatch.setattr(writer_module, "write_single_statement", counting)
+    monkeypatch.setattr(writer_module, "SINGLE_STATEMENT_MAX_ROWS", 3)
+    meter = MeterEvent(charge_point_id="CP1", received_at=T0, evse_id=1, connector_id=1, transaction_uid="",
+                       samples=[Sample(T0 + timedelta(seconds=i), "Voltage", "", "Outlet", "Sample.Periodic",
+                                       230.0, "V", "230", "V") for i in range(3)])
+    more = MeterEvent(charge_point_id="CP1", received_at=T0, evse_id=1, connector_id=2, transaction_uid="",
+                      samples=meter.samples)
+    boot = ConnectionEvent(charge_point_id="CP1", received_at=T0, time=T0, event="connected", node_id="n1")
+    results = await _run(db_url, [[meter], [meter, more], [more, boot]])
+    assert calls == [3]  # the 3-row batch; the 6-row one and the one with a connection event by COPY
+    assert [r[0].get("meter_samples") for r in results] == [3, 3, 0]
+    assert await db.fetchval("SELECT count(*) FROM meter_samples") == 6
+    assert await db.fetchval("SELECT last_seen_at FROM charge_points WHERE id = 'CP1'") == T0
