@@ -160,6 +160,9 @@ class Settings:
                                           "(chargers retry them)", roles="run,serve")
     outbox_resend_after_s: float = _opt(30.0, "send unconfirmed outbox batches again after this long",
                                         roles="run,serve")
+    outbox_commit_delay_ms: float = _opt(0.5, "while the outbox is busy (its last write ended less than this long "
+                                               "ago) a write waits this long so that more answers share one fsync; "
+                                               "an idle outbox writes at once (0 = never wait)", roles="run,serve")
     mqtt_max_in_flight: int = _opt(16, "outbox batches published to MQTT without their PUBACK yet",
                                    roles="run,serve")
     mqtt_coalesce_ms: float = _opt(10.0, "the outbox is sent to MQTT at most once per this interval, what was "
@@ -243,8 +246,9 @@ class Settings:
         if self.db_pool_min < 1 or self.db_pool_max < self.db_pool_min:
             raise SettingsError("need 1 <= db_pool_min <= db_pool_max")
         if (self.ingest_batch_max_rows < 1 or self.ingest_batch_max_delay_ms < 0
-                or not 0 <= self.mqtt_coalesce_ms <= 1000):
-            raise SettingsError("ingest batch limits must be positive, mqtt_coalesce_ms within 0–1000")
+                or not 0 <= self.mqtt_coalesce_ms <= 1000 or not 0 <= self.outbox_commit_delay_ms <= 100):
+            raise SettingsError("ingest batch limits must be positive, mqtt_coalesce_ms within 0–1000, "
+                                "outbox_commit_delay_ms within 0–100")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if self.security_profile not in (0, 1, 2, 3):

@@ -210,6 +210,27 @@ async def test_concurrent_appends_are_group_committed(tmp_path: Path, monkeypatc
     await box.close()
 
 
+async def test_an_idle_outbox_writes_at_once_whatever_its_commit_delay(tmp_path: Path) -> None:
+    box = Outbox(directory=tmp_path, node_id="n1", max_bytes=2**20, commit_delay_s=3600.0)
+    box.open()
+    await asyncio.wait_for(box.append([_conn(0)]), 10)   # nothing written before: no wait
+    assert _ranges(box.unconfirmed(-1)) == [(0, 0)]
+    await box.close()
+
+
+async def test_a_busy_outbox_waits_its_commit_delay_so_later_appends_share_the_write(tmp_path: Path) -> None:
+    box = Outbox(directory=tmp_path, node_id="n1", max_bytes=2**20, commit_delay_s=1.0)
+    box.open()
+    await asyncio.wait_for(box.append([_conn(0)]), 10)
+    second = asyncio.create_task(box.append([_conn(1)]))   # busy now: this write waits for company
+    for _ in range(5):
+        await asyncio.sleep(0)   # loop turns, not time: without the delay the second is written alone by now
+    third = asyncio.create_task(box.append([_conn(2)]))
+    assert list(await asyncio.wait_for(asyncio.gather(second, third), 10)) == [None, None]
+    assert _ranges(box.unconfirmed(-1)) == [(0, 0), (1, 2)]
+    await box.close()
+
+
 async def test_appending_nothing_writes_nothing(tmp_path: Path) -> None:
     box = _outbox(tmp_path)
     await asyncio.wait_for(box.append([]), 5)

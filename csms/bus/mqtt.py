@@ -63,13 +63,15 @@ def bundles(records: list[OutboxRecord], *, max_bytes: int = BUNDLE_MAX_BYTES) -
 class MqttBus:
     def __init__(self, *, url: str, node_id: str, outbox_dir: Path, outbox_max_bytes: int, metrics: BusMetrics,
                  max_in_flight: int = 16, resend_after_s: float = 30.0, connect_timeout_s: float = 10.0,
-                 publish_timeout_s: float = 10.0, fsync: bool = True, coalesce_s: float = 0.0) -> None:
+                 publish_timeout_s: float = 10.0, fsync: bool = True, coalesce_s: float = 0.0,
+                 commit_delay_s: float = 0.0) -> None:
         address = parse_mqtt_url(url)
         self._host, self._port, self._user, self._password = (address.host, address.port, address.username,
                                                                address.password)
         self._node_id = node_id
         self._topic = events_topic(node_id)
-        self._outbox = Outbox(directory=outbox_dir, node_id=node_id, max_bytes=outbox_max_bytes, fsync=fsync)
+        self._outbox = Outbox(directory=outbox_dir, node_id=node_id, max_bytes=outbox_max_bytes, fsync=fsync,
+                              commit_delay_s=commit_delay_s)
         self._metrics = metrics
         self._max_in_flight = max_in_flight
         self._coalesce_s = coalesce_s

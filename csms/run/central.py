@@ -131,7 +131,8 @@ class CentralSystem:
             self.bus = MqttBus(url=s.mqtt_url, node_id=s.node_id, outbox_dir=s.data_dir / "outbox" / s.node_id,
                                outbox_max_bytes=s.outbox_max_bytes, metrics=BusMetrics.create(self.metrics),
                                max_in_flight=s.mqtt_max_in_flight, resend_after_s=s.outbox_resend_after_s,
-                               coalesce_s=s.mqtt_coalesce_ms / 1000)
+                               coalesce_s=s.mqtt_coalesce_ms / 1000,
+                               commit_delay_s=s.outbox_commit_delay_ms / 1000)
             if self.embedded:
                 self._worker_task = asyncio.create_task(
                     role.run_worker(settings=s, database_url=self.database_url, stop=self._worker_stop,
