@@ -179,7 +179,7 @@ class TimescaleWriter:
     async def write_batch(self, events: Sequence[Event]) -> WriteResult:
         rows = _split(events)
         async with self._pool.acquire() as conn:
-            if rows.single_statement() and len(rows.meter) + len(rows.status) <= SINGLE_STATEMENT_MAX_ROWS:
+            if rows.single_statement():
                 return await _write_single_statement(conn, rows)
             try:
                 result = await _write_rows(conn, rows, _copy_new)
@@ -211,8 +211,9 @@ class _Rows:
     dirty: dict[tuple[str, int], datetime] = field(default_factory=dict)
 
     def single_statement(self) -> bool:
-        """Only samples and status changes (the steady traffic): the single statement can write them."""
-        return not (self.conns or self.logs or self.boots or self.txs or self.ocpp21)
+        """Only samples and status changes (the steady traffic), few enough: one statement writes them."""
+        return (not (self.conns or self.logs or self.boots or self.txs or self.ocpp21)
+                and len(self.meter) + len(self.status) <= SINGLE_STATEMENT_MAX_ROWS)
 
 
 def _split(events: Sequence[Event]) -> _Rows:

@@ -191,13 +191,13 @@ class Outbox:
             try:
                 await self._disk.run(functools.partial(self._write, payload))
             except OSError as exc:
-                self._last_write_ended = loop.time()
                 logger.error("outbox write failed: %s", exc)
                 for _, fut in group:
                     if not fut.done():
                         fut.set_exception(BusError(f"outbox write failed: {exc}"))
                 continue
-            self._last_write_ended = loop.time()
+            finally:
+                self._last_write_ended = loop.time()
             self._next_seq += len(events)
             self._remember(payload, batch)
             self.appended.set()
