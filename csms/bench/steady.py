@@ -143,6 +143,12 @@ async def _topology(topology: str, sizes: Sequence[int], *, cluster: BenchCluste
         server = procs[-1]
         wait_port(port, server)
         writer_port = ingest_http_port if ingest_pid else http_port
+        if url is not None:
+            # Each role opens its HTTP (/metrics) listener on its own schedule, not with the OCPP port:
+            # wait for both before the first scrape (a busy machine once refused it).
+            wait_port(http_port, server)
+            if ingest_pid:
+                wait_port(ingest_http_port, procs[-2])
 
         async def metrics(port: int) -> dict[str, float]:
             return await asyncio.to_thread(scrape, port, _METRICS)
