@@ -200,7 +200,8 @@ class TimescaleWriter:
 class _Rows:
     """A batch's events as table rows, before they are written."""
 
-    meter: list[tuple[Any, ...]] = field(default_factory=list)
+    meter: list[MeterEvent] = field(default_factory=list)
+    samples: int = 0
     status: list[tuple[Any, ...]] = field(default_factory=list)
     conns: list[tuple[Any, ...]] = field(default_factory=list)
     logs: list[tuple[Any, ...]] = field(default_factory=list)
@@ -213,7 +214,16 @@ class _Rows:
     def single_statement(self) -> bool:
         """Only samples and status changes (the steady traffic), few enough: one statement writes them."""
         return (not (self.conns or self.logs or self.boots or self.txs or self.ocpp21)
-                and len(self.meter) + len(self.status) <= SINGLE_STATEMENT_MAX_ROWS)
+                and self.samples + len(self.status) <= SINGLE_STATEMENT_MAX_ROWS)
+
+    def meter_rows(self) -> list[tuple[Any, ...]]:
+        """The samples as meter_samples rows (_METER_COLUMNS), for COPY.
+
+        ``value + 0.0``: a reading of -0 is stored as 0, as the single statement stores it (its
+        JSON numbers become jsonb numerics, which have no negative zero)."""
+        return [(s.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.transaction_uid, s.measurand, s.phase,
+                 s.location, s.context, s.value + 0.0, s.unit, s.raw_value, s.raw_unit, s.flags, ev.received_at,
+                 s.raw_time) for ev in self.meter for s in ev.samples]
 
 
 def _split(events: Sequence[Event]) -> _Rows:
@@ -225,10 +235,8 @@ def _split(events: Sequence[Event]) -> _Rows:
         if prev is None or ev.received_at > prev:
             seen[ev.charge_point_id] = ev.received_at
         if isinstance(ev, MeterEvent):
-            for s in ev.samples:
-                meter.append((s.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.transaction_uid,
-                              s.measurand, s.phase, s.location, s.context, s.value, s.unit,
-                              s.raw_value, s.raw_unit, s.flags, ev.received_at, s.raw_time))
+            meter.append(ev)
+            b.samples += len(ev.samples)
             # Energy per quarter hour (roll-up, migration 0005) depends on a session's register samples,
             # its peak power and SoC (migration 0008 session_summary) on its power and SoC samples.
             registers = [s.time for s in ev.samples if s.measurand in ROLLED_MEASURANDS]
@@ -259,7 +267,7 @@ async def _write_rows(conn: PoolConnectionProxy, b: _Rows, copy: CopyDedup) -> W
     """The batch's rows in one transaction; ``copy`` inserts the rows of one table."""
     result = WriteResult()
     async with conn.transaction():
-        for table, rows in (("meter_samples", b.meter), ("connector_status", b.status),
+        for table, rows in (("meter_samples", b.meter_rows()), ("connector_status", b.status),
                             ("connection_events", b.conns), ("charger_messages", b.logs)):
             if rows:
                 inserted = await copy(conn, table, rows)
@@ -285,13 +293,14 @@ async def _write_single_statement(conn: PoolConnectionProxy, b: _Rows) -> WriteR
     keys = sorted(b.dirty)  # key order: concurrent batches lock marks in the same order
     ids = sorted(b.seen)
     counts = await write_single_statement(
-        conn, _unique("meter_samples", b.meter), _unique("connector_status", b.status), [k[0] for k in keys],
+        conn, b.meter, _unique("connector_status", b.status), [k[0] for k in keys],
         [k[1] for k in keys], [b.dirty[k] for k in keys], ids, [b.seen[i] for i in ids])
     result = WriteResult()
-    for table, rows, inserted in (("meter_samples", b.meter, counts[0]), ("connector_status", b.status, counts[1])):
+    for table, rows, inserted in (("meter_samples", b.samples, counts[0]),
+                                  ("connector_status", len(b.status), counts[1])):
         if rows:
             result.inserted[table] = inserted
-            result.duplicates[table] = len(rows) - inserted
+            result.duplicates[table] = rows - inserted
     return result
 
 

@@ -8,6 +8,7 @@ row types having the writer's column order, which the first test checks.
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +26,11 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 CHARGERS = ("CP1", "CP2", "CP3")
 MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Voltage", "SoC")
+# Values and texts that the two encodings (binary row arrays, JSON) must carry alike: NaN (JSON
+# has none), shortest-repr and extreme doubles, negative zero (stored as 0 by both: jsonb has no
+# -0); quotes, backslashes, non-ASCII.
+VALUES = (0.0, 7.0, 0.1, 1 / 3, -0.0, 1e-300, 1.7976931348623157e308, -123456.789, math.nan)
+TEXTS = ("1", "0.1", 'a "quoted" \\ value', "230 Ω ⚡", "x" * 64, "")
 
 
 async def test_the_tables_row_types_have_the_writers_column_order(db: asyncpg.Connection) -> None:
@@ -42,9 +48,11 @@ def _batch(rng: random.Random) -> list[Event]:
         cp = rng.choice(CHARGERS)
         received = T0 + timedelta(seconds=rng.randint(0, 600))
         if rng.random() < 0.75:
-            samples = [Sample(time=T0 + timedelta(minutes=rng.randint(0, 40)), measurand=rng.choice(MEASURANDS),
-                              phase=rng.choice(("", "L1")), location="Outlet", context="Sample.Periodic",
-                              value=float(rng.randint(0, 9)), unit="Wh", raw_value="1", raw_unit="Wh")
+            samples = [Sample(time=T0 + timedelta(minutes=rng.randint(0, 40), microseconds=rng.choice((0, 1, 999_999))),
+                              measurand=rng.choice(MEASURANDS), phase=rng.choice(("", "L1")), location="Outlet",
+                              context="Sample.Periodic", value=rng.choice(VALUES), unit=rng.choice(("Wh", "V")),
+                              raw_value=rng.choice(TEXTS), raw_unit=rng.choice(("Wh", "kWh", "We-3")),
+                              flags=rng.choice((0, 1, 2**30)), raw_time=rng.choice(("", "2003-02-30T25:00:00Z")))
                        for _ in range(rng.randint(1, 4))]
             events.append(MeterEvent(charge_point_id=cp, received_at=received, evse_id=rng.randint(1, 2),
                                      connector_id=1, transaction_uid=rng.choice(("", "tx1", "tx2")),
@@ -57,9 +65,24 @@ def _batch(rng: random.Random) -> list[Event]:
     return events
 
 
+def _one_key_twice() -> list[Event]:
+    """One natural key twice in a batch with different readings: the first in the batch is kept."""
+    at = T0 + timedelta(hours=2)
+    first, second = (MeterEvent(charge_point_id="CP1", received_at=at, evse_id=1, connector_id=1, transaction_uid="",
+                                samples=[Sample(at, "Voltage", "", "Outlet", "Sample.Periodic", v, "V", str(v), "V")
+                                         for v in values])
+                     for values in ((230.0, 1.0), (231.0, 2.0)))
+    return [first, second]
+
+
+def _comparable(row: asyncpg.Record) -> tuple[Any, ...]:
+    # repr: NaN equals nothing, not even itself; -0.0 equals 0.0 (both paths must store the same).
+    return tuple(repr(v) if isinstance(v, float) else v for v in row)
+
+
 async def _snapshot(db: asyncpg.Connection) -> dict[str, Any]:
     return {
-        "meter": [tuple(r) for r in await db.fetch("SELECT * FROM meter_samples ORDER BY 2, 3, 4, 5, 6, 7, 1")],
+        "meter": [_comparable(r) for r in await db.fetch("SELECT * FROM meter_samples ORDER BY 2, 3, 4, 5, 6, 7, 1")],
         "status": [tuple(r) for r in await db.fetch("SELECT * FROM connector_status ORDER BY 2, 3, 4, 5, 1")],
         "marks": [tuple(r) for r in await db.fetch(
             "SELECT charge_point_id, evse_id, since FROM port_state_dirty ORDER BY 1, 2")],
@@ -88,7 +111,7 @@ async def test_the_single_statement_stores_and_counts_what_copy_does(
     rng = random.Random(seed)
     fresh = [_batch(rng) for _ in range(6)]
     # Repeats and overlaps, as redelivery after a lost acknowledgement makes them.
-    batches = [*fresh, fresh[0], fresh[2] + fresh[3], fresh[5] + _batch(rng)]
+    batches = [*fresh, fresh[0], fresh[2] + fresh[3], fresh[5] + _batch(rng), _one_key_twice()]
 
     single = await _run(db_url, batches)
     by_single = await _snapshot(db)
@@ -101,6 +124,7 @@ async def test_the_single_statement_stores_and_counts_what_copy_does(
     assert by_single["meter"]
     assert by_single["status"]
     assert by_single["marks"]
+    assert [r[9] for r in by_single["meter"] if r[0] == T0 + timedelta(hours=2)] == ["230.0"]
     assert sum(d.get("meter_samples", 0) for _, d in single) > 0  # the repeats were absorbed, not stored
 
 
@@ -123,7 +147,7 @@ async def test_a_batch_with_other_events_or_over_the_limit_goes_by_copy(
                       samples=meter.samples)
     boot = ConnectionEvent(charge_point_id="CP1", received_at=T0, time=T0, event="connected", node_id="n1")
     results = await _run(db_url, [[meter], [meter, more], [more, boot]])
-    assert calls == [3]  # the 3-row batch; the 6-row one and the one with a connection event by COPY
+    assert calls == [1]  # one MeterEvent (3 rows); the 6-row batch and the one with a connection event by COPY
     assert [r[0].get("meter_samples") for r in results] == [3, 3, 0]
     assert await db.fetchval("SELECT count(*) FROM meter_samples") == 6
     assert await db.fetchval("SELECT last_seen_at FROM charge_points WHERE id = 'CP1'") == T0
