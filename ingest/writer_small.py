@@ -5,8 +5,8 @@ the last commit ran (about fifteen MeterValues at fifty chargers), and each comm
 round trips to PostgreSQL (BEGIN, COPY and its data, the roll-up marks, COMMIT, last_seen_at)
 plus the pool's reset. Each round trip costs the client a send that wakes the server, about
 100-200 us of CPU here. This writes the same rows in one statement, which PostgreSQL runs as one
-transaction: the rows go as arrays of the tables' own row types (so the tuples' column order
-is the tables'; tests/test_writer_small.py checks it against the migrations), duplicates are
+transaction: status rows go as an array of the table's own row type (so the tuples' column
+order is the table's; tests/test_writer_small.py checks it against the migrations), duplicates are
 skipped by the natural keys (``ON CONFLICT DO NOTHING``; the counts say how many), and the
 roll-up marks and ``last_seen_at`` commit with the rows. PostgreSQL runs the data-modifying CTEs
 that nothing references (marks, seen) after the referenced ones, to completion (PostgreSQL
@@ -15,11 +15,11 @@ docs, 7.8.4 "Data-Modifying Statements in WITH").
 The samples go as the MeterEvents' own JSON (msgspec, in C), which PostgreSQL expands into
 rows (``jsonb_to_recordset`` and ``jsonb_array_elements``, also C): building a 16-field tuple
 per sample and asyncpg's per-field encoding of the row-type array cost the client ~8 us a
-sample, the JSON ~1 (client CPU per batch of 15 ten-sample MeterValues 1,289 -> 306 us, same run,
-issue 15 note). JSON has no NaN: msgspec writes a NaN value as ``null``, read back as NaN
+sample, the JSON ~1 (client CPU per whole batch of 15 ten-sample MeterValues 1,153 -> 407 us,
+same run, issue 15 note). JSON has no NaN: msgspec writes a NaN value as ``null``, read back as NaN
 (``value`` is NOT NULL, so null means nothing else); jsonb has no negative zero, so -0 is stored
-as 0 (the COPY path does the same). The rows are ordered by the natural key in
-SQL, and a key repeated inside the batch is skipped by ``ON CONFLICT DO NOTHING`` like a stored one.
+as 0 (the COPY path does the same). The rows are ordered by the natural key in SQL, and a key
+repeated inside the batch is skipped by ``ON CONFLICT DO NOTHING`` like a stored one.
 """
 
 from __future__ import annotations
