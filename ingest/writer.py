@@ -210,6 +210,7 @@ class _Rows:
     ocpp21: list[Ocpp21Event] = field(default_factory=list)
     seen: dict[str, datetime] = field(default_factory=dict)
     dirty: dict[tuple[str, int], datetime] = field(default_factory=dict)
+    _meter_rows: list[tuple[Any, ...]] | None = None
 
     def single_statement(self) -> bool:
         """Only samples and status changes (the steady traffic), few enough: one statement writes them."""
@@ -220,10 +221,14 @@ class _Rows:
         """The samples as meter_samples rows (_METER_COLUMNS), for COPY.
 
         ``value + 0.0``: a reading of -0 is stored as 0, as the single statement stores it (its
-        JSON numbers become jsonb numerics, which have no negative zero)."""
-        return [(s.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.transaction_uid, s.measurand, s.phase,
-                 s.location, s.context, s.value + 0.0, s.unit, s.raw_value, s.raw_unit, s.flags, ev.received_at,
-                 s.raw_time) for ev in self.meter for s in ev.samples]
+        JSON numbers become jsonb numerics, which have no negative zero). Built once: a batch that
+        meets a stored row is written a second time, de-duplicated."""
+        if self._meter_rows is None:
+            self._meter_rows = [(s.time, ev.charge_point_id, ev.evse_id, ev.connector_id, ev.transaction_uid,
+                                 s.measurand, s.phase, s.location, s.context, s.value + 0.0, s.unit, s.raw_value,
+                                 s.raw_unit, s.flags, ev.received_at, s.raw_time)
+                                for ev in self.meter for s in ev.samples]
+        return self._meter_rows
 
 
 def _split(events: Sequence[Event]) -> _Rows:

@@ -53,6 +53,7 @@ SEEN_UPDATE = _seen_update(1, 2)
 # A Sample is encoded as an array (``array_like``): its fields by position, from the struct itself.
 _AT = {name: i for i, name in enumerate(Sample.__struct_fields__)}
 
+
 def _field(name: str) -> str:
     return f"s.v->>{_AT[name]}"
 
