@@ -6,6 +6,12 @@ is messages per CPU-second of the server process, because the machine is shared 
 wall-clock rates move with whatever else runs; the ratio to the raw websockets echo
 server measured in the same run is what we report.
 
+A shared machine's load drifts over minutes, and the servers are measured one after the
+other: with ``rounds`` > 1 the whole sequence (echo, ocpp-lib, csms, ...) is repeated, so every
+server is measured early and late, and each server's figure is its median round. The ratio is
+median against median; the spread of the per-round ratios (each against the echo of the same
+round) is reported beside it, so a change smaller than the spread is not read as a result.
+
 Servers: ``echo`` (websockets + json, the transport ceiling), ``ocpp-lib`` (the ``ocpp``
 package's own v1.6 ChargePoint, default settings), ``csms`` (``csms serve`` with the
 in-process bus: strict schema validation on, answer only after the samples are committed
@@ -65,6 +71,7 @@ class Figure:
     p99_ms: float
     errors: int
     total_ok: int
+    round: int = 0            # which pass over the servers (see ``rounds``)
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -82,7 +89,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) 
 
 
 def _measure(server: str, cmd: list[str], port: int, *, connections: int, seconds: float, prefix: str,
-             password: str | None, boot: bool, samples: int,
+             password: str | None, boot: bool, samples: int, round_no: int,
              before_stop: Callable[[Figure], None] | None = None) -> Figure:
     srv = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            preexec_fn=lambda: _pin(SERVER_CPU))
@@ -111,7 +118,8 @@ def _measure(server: str, cmd: list[str], port: int, *, connections: int, second
         figure = Figure(server=server, samples=samples, messages=result["messages"], wall_s=round(wall, 2),
                         server_cpu_s=round(cpu, 2), msgs_per_s=round(result["messages"] / result["seconds"], 1),
                         msgs_per_cpu_s=round(result["messages"] / cpu, 1), p50_ms=result["latencies_ms"]["p50"],
-                        p99_ms=result["latencies_ms"]["p99"], errors=result["errors"], total_ok=result["total_ok"])
+                        p99_ms=result["latencies_ms"]["p99"], errors=result["errors"], total_ok=result["total_ok"],
+                        round=round_no)
         if before_stop is not None:
             before_stop(figure)  # e.g. let the outbox drain: what it holds is durable, but not yet in the table
         return figure
@@ -185,43 +193,55 @@ def _csms_command(server: str, database_url: str, port: int, tmp: Path, samples:
             "--handshake-burst-per-source", "100000"]
 
 
-def _variant(*, samples: int, servers: tuple[str, ...], connections: int, seconds: float, database_url: str,
-             tmp: Path, stored_before: int) -> list[Figure]:
+def _variant(*, samples: int, servers: tuple[str, ...], rounds: int, connections: int, seconds: float,
+             database_url: str, tmp: Path, stored_before: int) -> list[Figure]:
+    """Every server ``rounds`` times, interleaved: round 0 of each, then round 1 of each, ..."""
     figures: list[Figure] = []
-    for server in servers:
-        port = free_port()
-        if server.startswith("csms"):
-            cmd = _csms_command(server, database_url, port, tmp, samples)
-            if server.endswith("-uvloop"):
-                cmd += ["--event-loop", "uvloop"]
-            extra: list[subprocess.Popen[bytes]] = []
-            if server.startswith("csms-mqtt"):
-                broker, mqtt_url = _mosquitto(tmp)
-                extra.append(broker)
-                extra.append(subprocess.Popen(
-                    [sys.executable, "-m", "csms", "ingest", "--database-url", database_url, "--mqtt-url",
-                     mqtt_url, "--http-port", str(free_port()), "--node-id", "bench-ingest",
-                     "--log-level", "WARNING", "--data-dir", str(tmp / f"ingest-{samples}")],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-                cmd += ["--mqtt-url", mqtt_url, "--node-id", "bench-node"]
-            before = stored_before + sum(f.total_ok * f.samples for f in figures if f.server.startswith("csms"))
-
-            def drain(fig: Figure, before: int = before) -> None:
-                asyncio.run(_wait_rows(database_url, before + fig.total_ok * fig.samples, timeout_s=60))
-
-            try:
-                figures.append(_measure(server, cmd, port, connections=connections, seconds=seconds,
-                                        prefix=_prefix(samples), password=PASSWORD, boot=True, samples=samples,
-                                        before_stop=drain))
-            finally:
-                for proc in reversed(extra):
-                    proc.terminate()
-                    proc.wait(30)
-        else:
-            cmd = [sys.executable, "-m", "csms.bench.servers", server, str(port)]
-            figures.append(_measure(server, cmd, port, connections=connections, seconds=seconds,
-                                    prefix="LOAD", password=None, boot=False, samples=samples))
+    for round_no in range(rounds):
+        for server in servers:
+            figures.append(_measure_server(server, samples=samples, connections=connections, seconds=seconds,
+                                           database_url=database_url, tmp=tmp, round_no=round_no,
+                                           stored_before=stored_before + _stored_by(figures)))
     return figures
+
+
+def _stored_by(figures: list[Figure]) -> int:
+    """Samples the csms servers among ``figures`` were answered for (each is committed once)."""
+    return sum(f.total_ok * f.samples for f in figures if f.server.startswith("csms"))
+
+
+def _measure_server(server: str, *, samples: int, connections: int, seconds: float, database_url: str, tmp: Path,
+                    round_no: int, stored_before: int) -> Figure:
+    port = free_port()
+    if server.startswith("csms"):
+        cmd = _csms_command(server, database_url, port, tmp, samples)
+        if server.endswith("-uvloop"):
+            cmd += ["--event-loop", "uvloop"]
+        extra: list[subprocess.Popen[bytes]] = []
+        if server.startswith("csms-mqtt"):
+            broker, mqtt_url = _mosquitto(tmp)
+            extra.append(broker)
+            extra.append(subprocess.Popen(
+                [sys.executable, "-m", "csms", "ingest", "--database-url", database_url, "--mqtt-url",
+                 mqtt_url, "--http-port", str(free_port()), "--node-id", "bench-ingest",
+                 "--log-level", "WARNING", "--data-dir", str(tmp / f"ingest-{samples}")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            cmd += ["--mqtt-url", mqtt_url, "--node-id", "bench-node"]
+
+        def drain(fig: Figure) -> None:
+            asyncio.run(_wait_rows(database_url, stored_before + fig.total_ok * fig.samples, timeout_s=60))
+
+        try:
+            return _measure(server, cmd, port, connections=connections, seconds=seconds,
+                            prefix=_prefix(samples), password=PASSWORD, boot=True, samples=samples,
+                            round_no=round_no, before_stop=drain)
+        finally:
+            for proc in reversed(extra):
+                proc.terminate()
+                proc.wait(30)
+    cmd = [sys.executable, "-m", "csms.bench.servers", server, str(port)]
+    return _measure(server, cmd, port, connections=connections, seconds=seconds,
+                    prefix="LOAD", password=None, boot=False, samples=samples, round_no=round_no)
 
 
 def baseline_of(server: str) -> str:
@@ -230,14 +250,39 @@ def baseline_of(server: str) -> str:
 
 
 def _ratios(figures: list[Figure]) -> dict[str, float]:
+    """Each server against its echo among ``figures`` (one figure per server)."""
     by_name = {f.server: f for f in figures}
     return {f.server: round(f.msgs_per_cpu_s / echo.msgs_per_cpu_s, 3) for f in figures
             if (echo := by_name.get(baseline_of(f.server))) is not None}
 
 
+def medians(figures: list[Figure]) -> list[Figure]:
+    """Per server, its median round (a measured round, not an average: its fields belong together)."""
+    servers = list(dict.fromkeys(f.server for f in figures))
+    out = []
+    for server in servers:
+        ranked = sorted((f for f in figures if f.server == server), key=lambda f: f.msgs_per_cpu_s)
+        out.append(ranked[(len(ranked) - 1) // 2])   # of an even count, the lower middle: never flattering
+    return out
+
+
+def ratio_ranges(figures: list[Figure]) -> dict[str, tuple[float, float]]:
+    """Per server, the lowest and highest of its per-round ratios (each against the echo of its round).
+
+    The echoes themselves have none (theirs is 1 by definition).
+    """
+    per_round: dict[str, list[float]] = {}
+    for round_no in sorted({f.round for f in figures}):
+        for server, ratio in _ratios([f for f in figures if f.round == round_no]).items():
+            if server != baseline_of(server):
+                per_round.setdefault(server, []).append(ratio)
+    return {server: (min(values), max(values)) for server, values in per_round.items()}
+
+
 def run(*, connections: int = 50, seconds: float = 8.0, database_url: str | None = None,
-        servers: tuple[str, ...] = SERVERS, sample_counts: tuple[int, ...] = SAMPLE_COUNTS) -> dict[str, Any]:
-    """Every server for every payload size; the echo baseline is measured again for each payload.
+        servers: tuple[str, ...] = SERVERS, sample_counts: tuple[int, ...] = SAMPLE_COUNTS,
+        rounds: int = 1) -> dict[str, Any]:
+    """Every server ``rounds`` times for every payload size; the echo is measured again for each payload.
 
     The top-level ``figures`` and ``ratio_to_echo_per_core`` are those of the first payload
     (10 samples, the figure tracked since the start); ``variants`` holds all of them.
@@ -253,16 +298,21 @@ def run(*, connections: int = 50, seconds: float = 8.0, database_url: str | None
         variants: list[dict[str, Any]] = []
         expected = 0
         for samples in sample_counts:
-            figures = _variant(samples=samples, servers=servers, connections=connections, seconds=seconds,
-                               database_url=database_url, tmp=tmp, stored_before=expected)
-            expected += sum(f.total_ok * f.samples for f in figures if f.server.startswith("csms"))
+            measured = _variant(samples=samples, servers=servers, rounds=rounds, connections=connections,
+                                seconds=seconds, database_url=database_url, tmp=tmp, stored_before=expected)
+            expected += _stored_by(measured)
+            figures = medians(measured)
             variant: dict[str, Any] = {"samples": samples, "payload": PAYLOADS.get(samples, f"{samples} samples"),
-                                       "figures": [asdict(f) for f in figures]}
+                                       "rounds": rounds, "figures": [asdict(f) for f in figures]}
             if ratios := _ratios(figures):
                 variant["ratio_to_echo_per_core"] = ratios
+            if rounds > 1:
+                variant["round_figures"] = [asdict(f) for f in measured]
+                variant["ratio_range_over_rounds"] = {k: list(v) for k, v in ratio_ranges(measured).items()}
             variants.append(variant)
         first = variants[0]
         out: dict[str, Any] = {"benchmark": "ocpp_meter_values", "connections": connections, "seconds": seconds,
+                               "rounds": rounds,
                                "payload": first["payload"], "figures": first["figures"], "variants": variants}
         if "ratio_to_echo_per_core" in first:
             out["ratio_to_echo_per_core"] = first["ratio_to_echo_per_core"]
@@ -283,19 +333,24 @@ def _variants(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render(result: dict[str, Any]) -> str:
+    rounds = int(result.get("rounds", 1))
+    how = (f"each server measured in {rounds} interleaved rounds, its median round shown; the ratio is median "
+           "against median, its range the lowest and highest per-round ratio" if rounds > 1 else "one round")
     lines = [f"OCPP MeterValues throughput ({result['connections']} connections, {result['seconds']} s each; "
-             "server on one core; the echo baseline measured again for each payload; csms on uvloop against the "
-             "echo on uvloop)", "",
+             f"server on one core; {how}; the echo baseline measured again for each payload; csms on uvloop "
+             "against the echo on uvloop)", "",
              "| payload | server | msgs/s (wall) | server CPU-s | msgs per CPU-second | ratio to its echo | "
-             "server CPU per message µs | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "ratio range over rounds | server CPU per message µs | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for variant in _variants(result):
         ratios = variant.get("ratio_to_echo_per_core", {})
+        ranges = variant.get("ratio_range_over_rounds", {})
         for f in variant["figures"]:
             cost = f"{1e6 / f['msgs_per_cpu_s']:,.0f}" if f["msgs_per_cpu_s"] else "-"
+            spread = f"{ranges[f['server']][0]}–{ranges[f['server']][1]}" if f["server"] in ranges else "-"
             lines.append(f"| {variant['samples']} sample{'s' if variant['samples'] != 1 else ''} | {f['server']} | "
                          f"{f['msgs_per_s']} | {f['server_cpu_s']} | {f['msgs_per_cpu_s']} | "
-                         f"{ratios.get(f['server'], '-')} | {cost} | {f['p50_ms']} | {f['p99_ms']} |")
+                         f"{ratios.get(f['server'], '-')} | {spread} | {cost} | {f['p50_ms']} | {f['p99_ms']} |")
     if "csms_samples_stored" in result:
         answered = sum(f["total_ok"] for v in _variants(result) for f in v["figures"] if f["server"].startswith("csms"))
         lines.append("")
@@ -310,9 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="csms bench ocpp")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved passes over the servers (median shown)")
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)
-    result = run(connections=args.connections, seconds=args.seconds)
+    result = run(connections=args.connections, seconds=args.seconds, rounds=args.rounds)
     print(render(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

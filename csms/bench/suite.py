@@ -41,6 +41,7 @@ class Profile:
     name: str
     throughput_connections: int
     throughput_seconds: float
+    throughput_rounds: int     # interleaved passes over the servers; each figure is its median round
     hold_steps: tuple[int, ...]
     ingest_samples: int
     fleet_sizes: tuple[int, ...]
@@ -63,7 +64,8 @@ class Profile:
     ready_timeout_s: float     # how long a fleet step may take to connect and boot
 
 
-QUICK = Profile(name="quick", throughput_connections=4, throughput_seconds=1.0, hold_steps=(10, 20),
+QUICK = Profile(name="quick", throughput_connections=4, throughput_seconds=1.0, throughput_rounds=1,
+                hold_steps=(10, 20),
                 ingest_samples=5000, fleet_sizes=(5, 10), fleet_duration_s=1.0, fleet_interval_s=0.5,
                 storm_chargers=10, storm_workers=2, storm_argon2id_chargers=10, storm_argon2id_timeout_s=60.0,
                 scale_workers=2, scale_steps=(6, 12), scale_step_timeout_s=60.0, scale_duration_s=1.0,
@@ -71,7 +73,7 @@ QUICK = Profile(name="quick", throughput_connections=4, throughput_seconds=1.0, 
                 report_months=2, per_process=10, ready_timeout_s=60.0)
 # The largest step stays below the 20,000 open files a process may hold here (the server also
 # needs its database, broker and listening sockets).
-FULL = Profile(name="full", throughput_connections=50, throughput_seconds=8.0,
+FULL = Profile(name="full", throughput_connections=50, throughput_seconds=8.0, throughput_rounds=3,
                hold_steps=(1000, 5000, 10000, 19000), ingest_samples=200_000, fleet_sizes=(1000, 5000, 10000),
                fleet_duration_s=20.0, fleet_interval_s=10.0, storm_chargers=20_000, storm_workers=4,
                storm_argon2id_chargers=2000, storm_argon2id_timeout_s=90.0, scale_workers=4,
@@ -104,7 +106,8 @@ class Suite:
     def throughput(self) -> dict[str, Any]:
         url = asyncio.run(self.cluster.new_database("throughput"))
         return ocpp_throughput.run(connections=self.profile.throughput_connections,
-                                   seconds=self.profile.throughput_seconds, database_url=url)
+                                   seconds=self.profile.throughput_seconds,
+                                   rounds=self.profile.throughput_rounds, database_url=url)
 
     def connections(self) -> dict[str, Any]:
         return asyncio.run(connections.run(cluster=self.cluster, tmp=self.tmp, steps=self.profile.hold_steps,
