@@ -50,5 +50,5 @@ def test_render_shows_the_range_when_there_are_rounds() -> None:
                             "ratio_range_over_rounds": {"csms": [0.368, 0.5]}}]}
     text = render(result)
     assert "3 interleaved rounds" in text
-    assert "| 1 sample | csms | 7000 | 1.0 | 7000 | 0.368 | 0.368–0.5 | 143 |" in text
-    assert "| 1 sample | echo | 19000 | 1.0 | 19000 | 1.0 | - |" in text
+    assert "| 1 sample | csms | 7000 | 1.0 | 100% | 7000 | 0.368 | 0.368–0.5 | 143 |" in text
+    assert "| 1 sample | echo | 19000 | 1.0 | 100% | 19000 | 1.0 | - |" in text

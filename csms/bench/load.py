@@ -1,7 +1,13 @@
 """Closed-loop OCPP load: N connections, each with one CALL outstanding, for a bounded time.
 
 Usage: python -m csms.bench.load URL CONNECTIONS SECONDS PREFIX PASSWORD(-|pw) [BOOT(0|1) [SAMPLES(10|1)]]
-Prints one JSON line: {"messages": n, "errors": e, "seconds": s, "latencies_ms": {...}}.
+Prints one JSON line: {"messages": n, "errors": e, "seconds": s, "connected": c, "latencies_ms": {...}}.
+
+The measured window starts once every connection is open (and booted): a server that makes
+chargers wait at the door (csms's per-source share of the password-hashing threads answers
+503 + Retry-After, as it should to 50 chargers from one address at once) is then measured with
+all of them, like the others. Refused handshakes are tried again as a charger would, after the
+server's Retry-After (bounded); one that still fails counts as an error.
 """
 
 from __future__ import annotations
@@ -43,24 +49,47 @@ def meter_values_frame(message_id: str, tx: int, energy_wh: int, at: datetime | 
     return json.dumps([2, message_id, "MeterValues", payload])
 
 
-async def _client(url: str, cp_id: str, password: str | None, boot: bool, stop_at: float,
-                  counts: list[int], latencies: list[float], samples: int) -> None:
-    import websockets
+RETRY_STATUSES = (429, 503)   # "come back later" (with Retry-After), not "you may not"
+MAX_RETRY_WAIT_S = 2.0
 
+
+async def _connect(url: str, headers: dict[str, str], give_up_at: float) -> Any:
+    """Open the websocket; a 429/503 refusal is tried again after its Retry-After until ``give_up_at``."""
+    import websockets
+    from websockets.exceptions import InvalidStatus
+
+    while True:
+        try:
+            return await websockets.connect(url, subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                                            additional_headers=headers, compression=None, ping_interval=None,
+                                            open_timeout=30)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status not in RETRY_STATUSES or time.monotonic() >= give_up_at:
+                raise
+            try:
+                wait_s = float(exc.response.headers.get("Retry-After", "0.2"))
+            except ValueError:
+                wait_s = 0.2
+            await asyncio.sleep(min(max(wait_s, 0.05), MAX_RETRY_WAIT_S, max(0.0, give_up_at - time.monotonic())))
+
+
+async def _client(url: str, cp_id: str, password: str | None, boot: bool, stop_at: list[float],
+                  counts: list[int], latencies: list[float], samples: int, ready: list[str],
+                  connect_give_up_at: float) -> None:
     headers = {}
     if password:
         headers["Authorization"] = "Basic " + base64.b64encode(f"{cp_id}:{password}".encode()).decode()
-    async with websockets.connect(f"{url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                                  additional_headers=headers, compression=None, ping_interval=None,
-                                  open_timeout=30) as ws:
+    async with await _connect(f"{url}/{cp_id}", headers, connect_give_up_at) as ws:
         if boot:
             await ws.send(json.dumps([2, "boot", "BootNotification", {"chargePointVendor": "Bench",
                                                                       "chargePointModel": "Load"}]))
             await ws.recv()
+        ready.append(cp_id)
         n = 0
         energy = 1000
         last = datetime.now(UTC) - timedelta(seconds=1)
-        while time.monotonic() < stop_at:
+        while time.monotonic() < stop_at[0]:
             n += 1
             energy += 25
             # Sample times strictly increase per charger, as a meter's do: two answers can come
@@ -78,16 +107,24 @@ async def _client(url: str, cp_id: str, password: str | None, boot: bool, stop_a
 
 
 async def run(url: str, connections: int, seconds: float, prefix: str, password: str | None, boot: bool,
-              warmup_s: float = 1.0, samples: int = 10) -> dict[str, Any]:
+              warmup_s: float = 1.0, samples: int = 10, connect_timeout_s: float = 60.0) -> dict[str, Any]:
     counts = [0, 0]
     latencies: list[float] = []
-    start = time.monotonic()
-    stop_at = start + warmup_s + seconds
+    ready: list[str] = []
+    connect_give_up_at = time.monotonic() + connect_timeout_s
+    stop_at = [connect_give_up_at + warmup_s + seconds]   # moved up once every connection is open
     tasks = [asyncio.create_task(_client(url, f"{prefix}{i}", password, boot, stop_at, counts, latencies,
-                                                 samples))
+                                         samples, ready, connect_give_up_at))
              for i in range(connections)]
+    while len(ready) < connections and time.monotonic() < connect_give_up_at:
+        if all(task.done() for task in tasks):
+            break
+        await asyncio.sleep(0.02)
+    connected = len(ready)
+    stop_at[0] = time.monotonic() + warmup_s + seconds
     await asyncio.sleep(warmup_s)
     base = counts[0]
+    latencies.clear()   # the connect phase and the warm-up are not measured
     measured_from = time.monotonic()
     print(json.dumps({"marker": "measuring"}), flush=True)
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -99,7 +136,7 @@ async def run(url: str, connections: int, seconds: float, prefix: str, password:
         return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 3) if latencies else 0.0
 
     return {"messages": counts[0] - base, "total_ok": counts[0], "errors": counts[1] + len(failures),
-            "seconds": round(elapsed, 3),
+            "seconds": round(elapsed, 3), "connected": connected,
             "latencies_ms": {"p50": pct(0.5), "p99": pct(0.99)},
             "first_failure": repr(failures[0])[:200] if failures else None}
 

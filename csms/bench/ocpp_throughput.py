@@ -72,6 +72,7 @@ class Figure:
     errors: int
     total_ok: int
     round: int = 0            # which pass over the servers (see ``rounds``)
+    connected: int = 0        # connections open during the measured window (all of them, or the run fails)
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -113,13 +114,18 @@ def _measure(server: str, cmd: list[str], port: int, *, connections: int, second
         cpu1, wall1 = _cpu_seconds(srv.pid), time.monotonic()
         if not result:
             raise RuntimeError(f"load generator for {server} printed no result")
+        if result.get("connected", connections) < connections:
+            # A figure taken with fewer chargers than the others is not comparable (the server idles
+            # between their messages and its CPU per message looks higher than it is).
+            raise RuntimeError(f"{server}: only {result['connected']} of {connections} connections opened "
+                               f"({result.get('first_failure')})")
         cpu = max(cpu1 - cpu0, 1e-6)
         wall = max(wall1 - wall0, 1e-6)
         figure = Figure(server=server, samples=samples, messages=result["messages"], wall_s=round(wall, 2),
                         server_cpu_s=round(cpu, 2), msgs_per_s=round(result["messages"] / result["seconds"], 1),
                         msgs_per_cpu_s=round(result["messages"] / cpu, 1), p50_ms=result["latencies_ms"]["p50"],
                         p99_ms=result["latencies_ms"]["p99"], errors=result["errors"], total_ok=result["total_ok"],
-                        round=round_no)
+                        round=round_no, connected=result.get("connected", connections))
         if before_stop is not None:
             before_stop(figure)  # e.g. let the outbox drain: what it holds is durable, but not yet in the table
         return figure
@@ -339,17 +345,18 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"OCPP MeterValues throughput ({result['connections']} connections, {result['seconds']} s each; "
              f"server on one core; {how}; the echo baseline measured again for each payload; csms on uvloop "
              "against the echo on uvloop)", "",
-             "| payload | server | msgs/s (wall) | server CPU-s | msgs per CPU-second | ratio to its echo | "
-             "ratio range over rounds | server CPU per message µs | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| payload | server | msgs/s (wall) | server CPU-s | server core busy | msgs per CPU-second | "
+             "ratio to its echo | ratio range over rounds | server CPU per message µs | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for variant in _variants(result):
         ratios = variant.get("ratio_to_echo_per_core", {})
         ranges = variant.get("ratio_range_over_rounds", {})
         for f in variant["figures"]:
             cost = f"{1e6 / f['msgs_per_cpu_s']:,.0f}" if f["msgs_per_cpu_s"] else "-"
             spread = f"{ranges[f['server']][0]}–{ranges[f['server']][1]}" if f["server"] in ranges else "-"
+            busy = f"{f['server_cpu_s'] / f['wall_s']:.0%}" if f["wall_s"] else "-"
             lines.append(f"| {variant['samples']} sample{'s' if variant['samples'] != 1 else ''} | {f['server']} | "
-                         f"{f['msgs_per_s']} | {f['server_cpu_s']} | {f['msgs_per_cpu_s']} | "
+                         f"{f['msgs_per_s']} | {f['server_cpu_s']} | {busy} | {f['msgs_per_cpu_s']} | "
                          f"{ratios.get(f['server'], '-')} | {spread} | {cost} | {f['p50_ms']} | {f['p99_ms']} |")
     if "csms_samples_stored" in result:
         answered = sum(f["total_ok"] for v in _variants(result) for f in v["figures"] if f["server"].startswith("csms"))
