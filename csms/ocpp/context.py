@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+import msgspec
 import orjson
 
 from csms.ocpp.normalise import RegisterTracker
@@ -100,20 +101,19 @@ class ProtocolState:
             self.tx_evse.pop(next(iter(self.tx_evse)))
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+# Context and Reply are built once per CALL: msgspec Structs, for the reason given at framing.Call.
+class Context(msgspec.Struct, frozen=True):
     state: ProtocolState
     services: Services
     received_at: datetime
     message_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(msgspec.Struct, frozen=True):
     """A handler's decision: the CALLRESULT payload and the events that must be durable first."""
 
     payload: dict[str, Any]
-    events: list[Event] = field(default_factory=list)
+    events: list[Event] = msgspec.field(default_factory=list)
 
 
 def digest(payload: dict[str, Any]) -> str:

@@ -16,9 +16,9 @@ Nesting is bounded here, once, for every version: nothing nested deeper than
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 from csms.ocpp.errors import (
@@ -55,29 +55,28 @@ _TO_BRACKETS = bytes.maketrans(b"{}", b"[]")
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _NOT_SKELETON = bytes(c for c in range(256) if c not in b'[]{}"\\')
 
-@dataclass(frozen=True, slots=True)
-class Call:
+# The message types are msgspec Structs, not frozen dataclasses: one of each is built per frame, and a
+# frozen dataclass's __init__ sets every field through object.__setattr__ (431 ns for a Call against
+# the Struct's 61, issue 15 note).
+class Call(msgspec.Struct, frozen=True):
     message_id: str
     action: str
     payload: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class CallResult:
+class CallResult(msgspec.Struct, frozen=True):
     message_id: str
     payload: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class CallError:
+class CallError(msgspec.Struct, frozen=True):
     message_id: str
     code: str
     description: str
     details: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(msgspec.Struct, frozen=True):
     """2.1 SEND: a message that gets no answer at all (2.1 §4.2.4)."""
 
     message_id: str
@@ -85,8 +84,7 @@ class Send:
     payload: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class CallResultError:
+class CallResultError(msgspec.Struct, frozen=True):
     """2.1 CALLRESULTERROR: the peer could not process one of our CALLRESULTs."""
 
     message_id: str

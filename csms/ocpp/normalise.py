@@ -125,8 +125,7 @@ RAW_TIME_MAX_CHARS = 64
 _YEAR = re.compile(r"^\s*(\d{4})-", re.ASCII)
 
 
-@dataclass(frozen=True, slots=True)
-class EventTime:
+class EventTime(msgspec.Struct, frozen=True, gc=False):
     """The time stored for a charger's timestamp, the data-quality flags and the charger's text."""
 
     time: datetime

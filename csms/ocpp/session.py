@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import msgspec
 
 from csms.ocpp import commands, directions, handlers_v16, handlers_v21, handlers_v201
 from csms.ocpp.context import Context, ProtocolState, Services
@@ -56,13 +57,12 @@ PRE_BOOT_ACTIONS = {"1.6": handlers_v16.PRE_BOOT_ACTIONS, "2.0.1": handlers_v201
                     "2.1": handlers_v21.PRE_BOOT_ACTIONS}
 
 
-@dataclass(slots=True)
-class CallOutcome:
+class CallOutcome(msgspec.Struct):  # one per CALL: a Struct, as framing.Call
     """The answer to one CALL and the events that must be durable before it is sent."""
 
     action: str
     frame: str
-    events: list[Event] = field(default_factory=list)
+    events: list[Event] = msgspec.field(default_factory=list)
     error_code: str | None = None
     tolerated: bool = False
 
