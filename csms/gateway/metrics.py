@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics_core import Metric
 
 from csms import __version__
+from csms.gateway.loop_metrics import CounterChild, HistogramChild, LoopCounter, LoopHistogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,11 +19,12 @@ class GatewayMetrics:
     connections_opened: Counter
     connections_closed: Counter
     handshake_failures: Counter
-    messages: Counter
-    handling_seconds: Histogram
+    # Written once or more per message, from the event loop only: the lock-free types (loop_metrics).
+    messages: LoopCounter
+    handling_seconds: LoopHistogram
     callerrors_sent: Counter
     callerrors_received: Counter
-    bus_publish_seconds: Histogram
+    bus_publish_seconds: LoopHistogram
     commands: Counter
     command_seconds: Histogram
     unsolicited_responses: Counter
@@ -34,7 +36,7 @@ class GatewayMetrics:
     # outcomes come from fixed sets (unknown actions share one label).
     _children: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
-    def message_in(self, action: str, outcome: str) -> Any:
+    def message_in(self, action: str, outcome: str) -> CounterChild:
         """The ``csms_ocpp_messages_total{direction="in"}`` child of an action and outcome."""
         key = ("in", action, outcome)
         child = self._children.get(key)
@@ -42,7 +44,7 @@ class GatewayMetrics:
             child = self._children[key] = self.messages.labels(action, "in", outcome)
         return child
 
-    def handling(self, action: str) -> Any:
+    def handling(self, action: str) -> HistogramChild:
         """The ``csms_ocpp_handling_seconds`` child of an action."""
         key = ("handling", action)
         child = self._children.get(key)
@@ -63,9 +65,9 @@ class GatewayMetrics:
                                        ["reason"], registry=registry),
             handshake_failures=Counter("csms_handshake_failures_total", "Refused websocket handshakes, by cause",
                                        ["cause"], registry=registry),
-            messages=Counter("csms_ocpp_messages_total", "OCPP messages, by action, direction and outcome",
+            messages=LoopCounter("csms_ocpp_messages_total", "OCPP messages, by action, direction and outcome",
                              ["action", "direction", "outcome"], registry=registry),
-            handling_seconds=Histogram("csms_ocpp_handling_seconds",
+            handling_seconds=LoopHistogram("csms_ocpp_handling_seconds",
                                        "Time from a CALL received to its answer sent, by action", ["action"],
                                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                                 0.5, 1, 2.5, 5),
@@ -76,7 +78,7 @@ class GatewayMetrics:
                                         "CALLERRORs received from chargers, by error code (codes their OCPP "
                                         "version does not define count as 'other')", ["code"],
                                         registry=registry),
-            bus_publish_seconds=Histogram("csms_bus_publish_seconds", "Time until published events are durable",
+            bus_publish_seconds=LoopHistogram("csms_bus_publish_seconds", "Time until published events are durable",
                                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                                    0.5, 1, 2.5),
                                           registry=registry),
