@@ -47,7 +47,9 @@ def _ingest(r: dict[str, Any]) -> str:
 _SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("ocpp_throughput", "1. OCPP MeterValues per CSMS core",
      "Closed loop: N chargers, one CALL outstanding each, an OCPP 1.6 MeterValues per CALL: 10 sampled values "
-     "(a 3-phase sample), then 1 (the energy register only), each with its own echo baseline. Each "
+     "(a 3-phase sample), then 1 (the energy register only), each with its own echo baseline. Each charger "
+     "boots and starts a transaction first, so its samples belong to a session the server knows, as in the "
+     "field (an unknown transactionId would send every sample down the flagged path). Each "
      "server is a separate process pinned to CPU 0, the load generator is pinned to CPU 1, and the figure is "
      "messages per CPU-second of the server process (wall-clock rates move with whatever else runs). The whole "
      "sequence of servers is run several times over (interleaved rounds), so the machine's drifting load falls on "

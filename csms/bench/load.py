@@ -3,6 +3,11 @@
 Usage: python -m csms.bench.load URL CONNECTIONS SECONDS PREFIX PASSWORD(-|pw) [BOOT(0|1) [SAMPLES(10|1)]]
 Prints one JSON line: {"messages": n, "errors": e, "seconds": s, "connected": c, "latencies_ms": {...}}.
 
+With BOOT each charger boots, then starts a transaction (StartTransaction) and sends its
+MeterValues with the transactionId it was given, as a charger in a charging session does; a
+server that gives none (the baselines answer ``{}``) gets transactionId 1. Without BOOT the
+MeterValues go at once, with transactionId 1.
+
 The measured window starts once every connection is open (and booted): a server that makes
 chargers wait at the door (csms's per-source share of the password-hashing threads answers
 503 + Retry-After, as it should to 50 chargers from one address at once) is then measured with
@@ -85,17 +90,25 @@ async def _client(url: str, cp_id: str, password: str | None, boot: bool, stop_a
             await ws.send(json.dumps([2, "boot", "BootNotification", {"chargePointVendor": "Bench",
                                                                       "chargePointModel": "Load"}]))
             await ws.recv()
-        ready.append(cp_id)
         n = 0
         energy = 1000
         last = datetime.now(UTC) - timedelta(seconds=1)
+        tx = 1
+        if boot:
+            started = (last - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")  # before every sample
+            await ws.send(json.dumps([2, "start", "StartTransaction", {"connectorId": 1, "idTag": "BENCHTAG",
+                                                                       "meterStart": energy, "timestamp": started}]))
+            reply = json.loads(await ws.recv())
+            if reply[0] == 3 and isinstance(reply[2].get("transactionId"), int):
+                tx = reply[2]["transactionId"]
+        ready.append(cp_id)
         while time.monotonic() < stop_at[0]:
             n += 1
             energy += 25
             # Sample times strictly increase per charger, as a meter's do: two answers can come
             # back within one millisecond, and samples with the same key are the same sample.
             last = max(datetime.now(UTC), last + timedelta(milliseconds=1))
-            frame = meter_values_frame(f"{cp_id}-{n}", 1, energy, last, samples=samples)
+            frame = meter_values_frame(f"{cp_id}-{n}", tx, energy, last, samples=samples)
             sent = time.perf_counter()
             await ws.send(frame)
             reply = json.loads(await ws.recv())
