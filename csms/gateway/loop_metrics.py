@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -55,19 +56,34 @@ class CounterChild:
         self.value += amount
 
 
-class _LoopMetric(Collector):
+_Child = TypeVar("_Child", HistogramChild, CounterChild)
+
+
+class _LoopMetric(Collector, Generic[_Child]):
+    """The children by label values (one without labels is made at once), and the registry's parts."""
+
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
                  registry: CollectorRegistry | None) -> None:
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], _Child] = {}
+        if not self._labelnames:
+            self._children[()] = self._new_child()
         if registry is not None:
             registry.register(self)
 
-    def _check(self, values: tuple[str, ...]) -> tuple[str, ...]:
+    def _new_child(self) -> _Child:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> _Child:
         if len(values) != len(self._labelnames):
             raise ValueError(f"{self._name} takes {len(self._labelnames)} label values, not {len(values)}")
-        return tuple(str(v) for v in values)
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._new_child()
+        return child
 
     def describe(self) -> Iterable[Metric]:
         return [self._family()]
@@ -76,7 +92,7 @@ class _LoopMetric(Collector):
         raise NotImplementedError
 
 
-class LoopHistogram(_LoopMetric):
+class LoopHistogram(_LoopMetric[HistogramChild]):
     """A histogram (with or without labels) observed from one thread only."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
@@ -86,17 +102,10 @@ class LoopHistogram(_LoopMetric):
             bounds.append(math.inf)
         self._bounds = tuple(bounds)
         self._les = tuple(_LE(b) for b in bounds)
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
         super().__init__(name, documentation, labelnames, registry)
-        if not self._labelnames:
-            self._children[()] = HistogramChild(self._bounds)
 
-    def labels(self, *values: str) -> HistogramChild:
-        key = self._check(values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = HistogramChild(self._bounds)
-        return child
+    def _new_child(self) -> HistogramChild:
+        return HistogramChild(self._bounds)
 
     def observe(self, amount: float) -> None:
         """Only for a histogram without labels."""
@@ -117,23 +126,16 @@ class LoopHistogram(_LoopMetric):
         yield family
 
 
-class LoopCounter(_LoopMetric):
+class LoopCounter(_LoopMetric[CounterChild]):
     """A counter (with or without labels) increased from one thread only."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
                  registry: CollectorRegistry | None = None) -> None:
         # prometheus-client's Counter takes the name with or without "_total"; the family wants it without.
-        self._children: dict[tuple[str, ...], CounterChild] = {}
         super().__init__(name.removesuffix("_total"), documentation, labelnames, registry)
-        if not self._labelnames:
-            self._children[()] = CounterChild()
 
-    def labels(self, *values: str) -> CounterChild:
-        key = self._check(values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = CounterChild()
-        return child
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
 
     def inc(self, amount: float = 1.0) -> None:
         """Only for a counter without labels."""
