@@ -62,6 +62,8 @@ class Call(msgspec.Struct, frozen=True):
     message_id: str
     action: str
     payload: dict[str, Any]
+    # True when the payload was decoded and checked against its schema in one pass (csms/ocpp/typed_calls.py).
+    schema_checked: bool = False
 
 
 class CallResult(msgspec.Struct, frozen=True):

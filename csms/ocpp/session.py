@@ -43,6 +43,7 @@ from csms.ocpp.framing import (
     parse_frame,
 )
 from csms.ocpp.handlers_common import Handler, log_event
+from csms.ocpp.typed_calls import typed_call
 from csms.ocpp.validation import known_actions, validate
 from schemas.events import Event
 
@@ -77,6 +78,9 @@ class OcppSession:
 
     def parse(self, raw: str | bytes) -> Message:
         """Classify a frame; raises FrameRejected (answer it) or FrameIgnored (do not)."""
+        typed = typed_call(raw, self.state.version)  # a steady 1.6 CALL, its schema checked; else None
+        if typed is not None:
+            return typed
         msg = parse_frame(raw, self.state.version)
         if isinstance(raw, bytes) and not self.state.tolerant and isinstance(msg, Call):
             # OCPP-J frames are text frames (1.6J §4.1.2; 2.0.1 Part 4 §4.1.2); a tolerant
@@ -108,7 +112,8 @@ class OcppSession:
             handler = self._check(call)
             tolerated = False
             try:
-                validate(version, call.action, call.payload)
+                if not call.schema_checked:
+                    validate(version, call.action, call.payload)
             except OcppError as exc:
                 if not self.state.tolerant:
                     raise
