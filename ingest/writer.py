@@ -323,8 +323,12 @@ def _unique(table: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     then take index locks in the same order, so they wait for each other, never deadlock.
     """
     key = itemgetter(*_KEY_POSITIONS[table])
-    rows.sort(key=key)
-    return [row for i, row in enumerate(rows) if i == 0 or key(row) != key(rows[i - 1])]
+    # Each key computed once (the sort-then-compare-neighbours form computed it three times a row:
+    # 0.75 against 0.42 us a sample row, issue 15 note); of a repeated key the first row is kept.
+    first: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for row in rows:
+        first.setdefault(key(row), row)
+    return [first[k] for k in sorted(first)]
 
 
 async def _copy_new(conn: asyncpg.Connection | PoolConnectionProxy, table: str, rows: list[tuple[Any, ...]]) -> int:
