@@ -86,8 +86,11 @@ class StatusEvent(_Event, frozen=True, tag="status"):
     raw_time: str = ""
 
 
-class Sample(msgspec.Struct, frozen=True, array_like=True):
-    """One sampled value, normalised (``value`` in ``unit``), with the raw text kept."""
+class Sample(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One sampled value, normalised (``value`` in ``unit``), with the raw text kept.
+
+    ``gc=False``: its fields are scalars, so it can be in no reference cycle, and the collector need
+    not track the ten a MeterValues makes (msgspec docs, "Disabling Garbage Collection")."""
 
     time: datetime
     measurand: str
