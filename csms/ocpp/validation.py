@@ -8,7 +8,8 @@ over the decoded payload: about 1.4 µs for a 10-sample 1.6 MeterValues, against
 for the fastjsonschema-generated Python this replaced). ``format: date-time`` is checked by
 :func:`is_date_time` (RFC 3339 §5.6), not jsonschema-rs's own checker, which accepts
 non-digits (e.g. ``20/4-05-01T…``). tests/test_validation_differential.py holds the verdict
-and the error code of every official schema to the ``jsonschema`` package's.
+and the error code of every official schema to the ``jsonschema`` package's. The steady 1.6 CALLs
+reach this only when the one-pass typed decode (csms/ocpp/typed_calls.py) does not accept them.
 
 Schema failures map onto the OCPP error codes (2.0.1 Part 4 §4.3; the mapping the
 reference recommends, not the ``ocpp`` package's, which swaps several):
