@@ -192,6 +192,9 @@ def test_the_generator_translates_integer_bounds_and_booleans() -> None:
     {"type": "string", "format": "uri"},
     {"type": "string", "pattern": "^a"},
     {"type": "integer", "exclusiveMinimum": True, "minimum": 0},
+    {"type": "integer", "minimum": 0.5},
+    {"type": "array"},                                           # any items
+    {"type": "array", "items": [{"type": "string"}]},            # a tuple of schemas
     {"type": "string", "enum": ["a"], "maxLength": 1},
     {"type": "string", "enum": [1]},
     {"type": "object", "properties": {}},                        # admits unknown properties

@@ -77,6 +77,8 @@ class _Generator:
         if kind == "object":
             return self.struct(schema, name, path)
         if kind == "array":
+            if not isinstance(schema.get("items"), dict):  # absent (any items) or a tuple of schemas
+                raise UnsupportedSchema(f"{'/'.join(path)}: items is not one schema")
             item = self.type_of(schema["items"], name, (*path, "*"))
             return _annotated(f"list[{item}]", _meta(min_length=schema.get("minItems"),
                                                      max_length=schema.get("maxItems")))
@@ -94,6 +96,8 @@ class _Generator:
                 return name
             return _annotated("str", _meta(min_length=schema.get("minLength"), max_length=schema.get("maxLength")))
         if kind == "integer":
+            if not all(type(schema.get(k, 0)) is int for k in ("minimum", "maximum")):
+                raise UnsupportedSchema(f"{'/'.join(path)}: a bound that is not an integer")
             low = max(schema.get("minimum", INT_MIN), INT_MIN)
             high = min(schema.get("maximum", INT_MAX), INT_MAX)
             if (low, high) == (INT_MIN, INT_MAX):
