@@ -18,13 +18,12 @@ tests/test_ocpp_coverage.py fails when the document differs from what this modul
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+from csms.common.generated import generated_file_main
 from csms.ocpp import commands, directions, handlers_v21
 from csms.ocpp.context import BootDecision, BootInfo, Context, ProtocolState, Services, TokenDecision
 from csms.ocpp.session import HANDLERS
@@ -211,23 +210,9 @@ def generate() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--write", action="store_true", help=f"write {DOC_PATH.name}")
-    group.add_argument("--check", action="store_true", help=f"exit 1 when {DOC_PATH.name} differs")
-    args = parser.parse_args(argv)
-    text = generate()
-    if args.write:
-        DOC_PATH.write_text(text, encoding="utf-8")
-        return 0
-    if args.check:
-        current = DOC_PATH.read_text(encoding="utf-8") if DOC_PATH.exists() else ""
-        if current != text:
-            print(f"{DOC_PATH} is out of date: run python -m csms.ocpp.coverage --write", file=sys.stderr)
-            return 1
-        return 0
-    sys.stdout.write(text)
-    return 0
+    return generated_file_main(argv, prog="python -m csms.ocpp.coverage",
+                               description=__doc__.split("\n\n")[0] if __doc__ else None, target=DOC_PATH,
+                               generate=generate)
 
 
 if __name__ == "__main__":  # pragma: no cover

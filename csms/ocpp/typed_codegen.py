@@ -24,12 +24,12 @@ which a Struct would silently drop) is refused here, never approximated:
 
 from __future__ import annotations
 
-import argparse
 import keyword
 import sys
 from pathlib import Path
 from typing import Any
 
+from csms.common.generated import generated_file_main
 from csms.ocpp.validation import load_schema
 
 # The CALLs a 1.6 charger sends in steady operation; MeterValues is most of the traffic.
@@ -161,21 +161,9 @@ def generate() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m csms.ocpp.typed_codegen", description=__doc__.split("\n")[0])
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--write", action="store_true", help=f"write {TARGET.name}")
-    group.add_argument("--check", action="store_true", help=f"fail when {TARGET.name} is out of date")
-    args = parser.parse_args(argv)
-    text = generate()
-    if args.write:
-        TARGET.write_text(text, encoding="utf-8")
-    elif args.check:
-        if TARGET.read_text(encoding="utf-8") != text:
-            print(f"{TARGET} is out of date: run python -m csms.ocpp.typed_codegen --write", file=sys.stderr)
-            return 1
-    else:
-        sys.stdout.write(text)
-    return 0
+    return generated_file_main(argv, prog="python -m csms.ocpp.typed_codegen",
+                               description=__doc__.split("\n")[0] if __doc__ else None, target=TARGET,
+                               generate=generate)
 
 
 if __name__ == "__main__":
