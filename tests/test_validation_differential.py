@@ -44,7 +44,7 @@ from csms.ocpp.errors import (
     wire_code,
 )
 from csms.ocpp.framing import MAX_JSON_DEPTH
-from csms.ocpp.validation import known_actions, load_schema, validate
+from csms.ocpp.validation import is_date_time, known_actions, load_schema, validate
 from tests.test_ocpp_hostile import CASES_201
 
 VERSIONS = ("1.6", "2.0.1", "2.1")
@@ -380,6 +380,20 @@ def test_the_reference_has_the_format_checkers_it_needs() -> None:
     assert not _reference_uri("not a uri")
     assert not reference("1.6", "StartTransaction", False).is_valid(
         {"connectorId": 1, "idTag": "T", "meterStart": 0, "timestamp": "20/4-05-01T12:00:00Z"})
+
+
+def test_the_date_time_checker_agrees_with_the_reference_on_every_day_of_the_calendar() -> None:
+    # Every day 00–32 of every month of years with and without 29 February (1900 is not a leap
+    # year, 2000 is), year 0000 (RFC 3339 has none), and the time and offset spellings: the
+    # day-of-month rule is the one part of RFC 3339 §5.6 a regular expression cannot say.
+    texts = [f"{year}-{month:02d}-{day:02d}{time}" for year in ("0000", "0001", "1900", "2000", "2023", "2024", "9999")
+             for month in range(1, 13) for day in range(33)
+             for time in ("T00:00:00Z", "t23:59:59.123z", "T12:00:00+05:30", "T12:00:00")]
+    texts += ["2024-13-01T00:00:00Z", "2024-00-10T00:00:00Z", "2024-02-29T24:00:00Z", "2024-02-29T10:60:00Z"]
+    disagree = [t for t in texts if is_date_time(t) != _reference_date_time(t)]
+    assert not disagree, disagree[:10]
+    # Z, z and +05:30 of 2000 and 2024 (leap) and 0001, 1900, 2023, 9999; nothing of year 0000
+    assert sum(map(is_date_time, texts)) == 3 * (2 * 366 + 4 * 365)
 
 
 def test_decimal_multiple_of_is_the_documented_choice() -> None:

@@ -102,8 +102,10 @@ def is_date_time(value: str) -> bool:
     match = _DATE_TIME.fullmatch(value)
     if match is None:
         return False
-    year, month, day = int(match[1]), int(match[2]), int(match[3])
-    return year > 0 and 1 <= day <= (28 if day <= 28 else calendar.monthrange(year, month)[1])
+    year, month, day = match.groups()
+    if day <= "28":  # two digits: compared as text, no int() on the path every steady CALL takes (issue 15)
+        return day != "00" and year != "0000"
+    return year != "0000" and int(day) <= calendar.monthrange(int(year), int(month))[1]
 
 
 @cache
