@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,7 +92,8 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) 
 
 def _measure(server: str, cmd: list[str], port: int, *, connections: int, seconds: float, prefix: str,
              password: str | None, boot: bool, samples: int, round_no: int,
-             before_stop: Callable[[Figure], None] | None = None) -> Figure:
+             before_stop: Callable[[Figure], None] | None = None,
+             on_measuring: Callable[[], None] | None = None) -> Figure:
     srv = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            preexec_fn=lambda: _pin(SERVER_CPU))
     try:
@@ -107,6 +109,8 @@ def _measure(server: str, cmd: list[str], port: int, *, connections: int, second
             data = json.loads(line)
             if data.get("marker") == "measuring":
                 cpu0, wall0 = _cpu_seconds(srv.pid), time.monotonic()
+                if on_measuring is not None:
+                    on_measuring()
             else:
                 result = data
         load.wait(timeout=seconds + 120)
@@ -182,7 +186,11 @@ async def _wait_rows(url: str, expected: int, timeout_s: float = 120) -> int:
 
 
 # csms on uvloop (``--event-loop uvloop``) is compared with an echo on uvloop, the others with the asyncio echo.
-SERVERS = ("echo", "ocpp-lib", "csms", "csms-mqtt", "echo-uvloop", "csms-uvloop", "csms-mqtt-uvloop")
+# csms-mqtt-ingest-after is csms-mqtt with ingest stopped (SIGSTOP) for the measured window and its rows counted
+# after: on two vCPUs, ingest and PostgreSQL busy beside the gateway made the echo itself cost 47 -> 71 us a message
+# (a spinning process on the other vCPU, issue 15); this is the gateway's cost as on a node of its own.
+SERVERS = ("echo", "ocpp-lib", "csms", "csms-mqtt", "csms-mqtt-ingest-after", "echo-uvloop", "csms-uvloop",
+           "csms-mqtt-uvloop")
 SAMPLE_COUNTS = (10, 1)   # sampled values per MeterValues: a full 3-phase sample, and the energy register only
 PAYLOADS = {10: "OCPP 1.6 MeterValues, 1 meterValue x 10 sampledValues",
             1: "OCPP 1.6 MeterValues, 1 meterValue x 1 sampledValue (the energy register)"}
@@ -234,15 +242,21 @@ def _measure_server(server: str, *, samples: int, connections: int, seconds: flo
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             cmd += ["--mqtt-url", mqtt_url, "--node-id", "bench-node"]
 
+        ingest_after = server == "csms-mqtt-ingest-after"  # see SERVERS
+
         def drain(fig: Figure) -> None:
+            if ingest_after:
+                extra[-1].send_signal(signal.SIGCONT)
             asyncio.run(_wait_rows(database_url, stored_before + fig.total_ok * fig.samples, timeout_s=60))
 
         try:
             return _measure(server, cmd, port, connections=connections, seconds=seconds,
                             prefix=_prefix(samples), password=PASSWORD, boot=True, samples=samples,
-                            round_no=round_no, before_stop=drain)
+                            round_no=round_no, before_stop=drain,
+                            on_measuring=(lambda: extra[-1].send_signal(signal.SIGSTOP)) if ingest_after else None)
         finally:
             for proc in reversed(extra):
+                proc.send_signal(signal.SIGCONT)  # a stopped process takes its SIGTERM only once continued
                 proc.terminate()
                 proc.wait(30)
     cmd = [sys.executable, "-m", "csms.bench.servers", server, str(port)]

@@ -45,6 +45,7 @@ def _samples(variant: dict[str, Any]) -> str:
 def _throughput(r: dict[str, Any]) -> list[dict[str, Any]]:
     names = {"ocpp-lib": "`ocpp` package central system", "csms": "csms, in-process bus (answer after commit)",
              "csms-mqtt": "csms, MQTT bus (answer after outbox fsync)",
+             "csms-mqtt-ingest-after": "csms, MQTT bus, ingest paused while measured (rows counted after)",
              "csms-uvloop": "csms on uvloop, in-process bus", "csms-mqtt-uvloop": "csms on uvloop, MQTT bus"}
     out = []
     for variant in _throughput_variants(r):
