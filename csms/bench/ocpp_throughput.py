@@ -186,9 +186,9 @@ async def _wait_rows(url: str, expected: int, timeout_s: float = 120) -> int:
 
 
 # csms on uvloop (``--event-loop uvloop``) is compared with an echo on uvloop, the others with the asyncio echo.
-# csms-mqtt-ingest-after is csms-mqtt with ingest stopped (SIGSTOP) for the measured window and its rows counted
-# after: on two vCPUs, ingest and PostgreSQL busy beside the gateway made the echo itself cost 47 -> 71 us a message
-# (a spinning process on the other vCPU, issue 15); this is the gateway's cost as on a node of its own.
+# csms-mqtt-ingest-after: csms-mqtt with ingest stopped (SIGSTOP) for the measured window, its rows counted after.
+# On two vCPUs a busy neighbour raises the server's own CPU a message (a spinner on the other vCPU: echo 47 -> 71 us,
+# issue 15), and ingest + PostgreSQL are one: this is the gateway's cost as on a node of its own.
 SERVERS = ("echo", "ocpp-lib", "csms", "csms-mqtt", "csms-mqtt-ingest-after", "echo-uvloop", "csms-uvloop",
            "csms-mqtt-uvloop")
 SAMPLE_COUNTS = (10, 1)   # sampled values per MeterValues: a full 3-phase sample, and the energy register only
@@ -242,18 +242,18 @@ def _measure_server(server: str, *, samples: int, connections: int, seconds: flo
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             cmd += ["--mqtt-url", mqtt_url, "--node-id", "bench-node"]
 
-        ingest_after = server == "csms-mqtt-ingest-after"  # see SERVERS
+        paused = extra[-1] if server == "csms-mqtt-ingest-after" else None  # its ingest (see SERVERS)
 
         def drain(fig: Figure) -> None:
-            if ingest_after:
-                extra[-1].send_signal(signal.SIGCONT)
+            if paused is not None:
+                paused.send_signal(signal.SIGCONT)
             asyncio.run(_wait_rows(database_url, stored_before + fig.total_ok * fig.samples, timeout_s=60))
 
         try:
             return _measure(server, cmd, port, connections=connections, seconds=seconds,
                             prefix=_prefix(samples), password=PASSWORD, boot=True, samples=samples,
                             round_no=round_no, before_stop=drain,
-                            on_measuring=(lambda: extra[-1].send_signal(signal.SIGSTOP)) if ingest_after else None)
+                            on_measuring=(lambda: paused.send_signal(signal.SIGSTOP)) if paused is not None else None)
         finally:
             for proc in reversed(extra):
                 proc.send_signal(signal.SIGCONT)  # a stopped process takes its SIGTERM only once continued
