@@ -1,6 +1,6 @@
 """The benchmark suite: every benchmark in one command, a JSON file, a Markdown report, plots.
 
-    python -m csms.bench                 # full run (bounded: about 40 minutes on 2 cores) into docs/
+    python -m csms.bench                 # full run (bounded: about 55 minutes on 2 cores) into docs/
     python -m csms.bench --quick --out /tmp/bench   # smoke size, seconds; what the test suite runs
     python -m csms.bench --only storm,steady        # a subset
 
