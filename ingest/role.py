@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from ingest.maintenance import maintenance_loop
 from ingest.metrics import IngestMetrics
-from ingest.rollup import rollup_loop
+from ingest.rollup_thread import RollupThread
 from ingest.worker import MeteredWriter, MqttIngestWorker
 from ingest.writer import TimescaleWriter
 from schemas.events import Event
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 class EmbeddedSink:
     """In-process sink for ``csms run``: commits events, runs maintenance in the background."""
 
-    def __init__(self, *, writer: MeteredWriter, retention_days: int, rollup_interval_s: float,
+    def __init__(self, *, writer: MeteredWriter, retention_days: int, rollup: RollupThread,
                  maintenance_interval_s: float) -> None:
         self._writer = writer
         self._stop = asyncio.Event()
@@ -32,18 +32,18 @@ class EmbeddedSink:
                              interval_s=maintenance_interval_s, stop=self._stop),
             name="ingest-maintenance",
         )
-        self._rollup = asyncio.create_task(
-            rollup_loop(writer.pool, interval_s=rollup_interval_s, stop=self._stop,
-                        port_failures=writer.metrics.rollup_port_failures), name="ingest-rollup")
+        # Not on this loop: it serves the chargers (ingest/rollup_thread.py says why).
+        self._rollup = rollup
+        rollup.start()
 
     async def write(self, events: Sequence[Event]) -> None:
         await self._writer.write_batch(events)
 
     async def close(self) -> None:
         self._stop.set()
-        for task in (self._rollup, self._maintenance):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._rollup.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._maintenance
         await self._writer.close()
 
 
@@ -54,7 +54,8 @@ class _IngestRole:
         writer = await TimescaleWriter.connect(database_url=database_url, max_size=settings.ingest_db_pool_max,
                                                connect_timeout_s=settings.db_connect_timeout_s)
         return EmbeddedSink(writer=MeteredWriter(writer=writer, metrics=ingest_metrics),
-                            retention_days=settings.retention_days, rollup_interval_s=settings.rollup_interval_s,
+                            retention_days=settings.retention_days,
+                            rollup=_rollup(settings, database_url, ingest_metrics),
                             maintenance_interval_s=settings.maintenance_interval_s)
 
     async def run_worker(self, *, settings: Settings, database_url: str, stop: asyncio.Event,
@@ -71,16 +72,22 @@ class _IngestRole:
                                   batch_max_delay_ms=settings.ingest_batch_max_delay_ms,
                                   max_in_flight_messages=settings.ingest_max_in_flight_messages,
                                   retry_max_s=settings.ingest_retry_max_s)
+        rollup = _rollup(settings, database_url, ingest_metrics)   # off this loop: it takes the bus's batches
+        rollup.start()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(worker.run(stop), name="ingest-mqtt")
                 tg.create_task(maintenance_loop(writer.pool, retention_days=settings.retention_days,
                                                 interval_s=settings.maintenance_interval_s, stop=stop),
                                name="ingest-maintenance")
-                tg.create_task(rollup_loop(writer.pool, interval_s=settings.rollup_interval_s, stop=stop,
-                                           port_failures=ingest_metrics.rollup_port_failures), name="ingest-rollup")
         finally:
+            await rollup.close()
             await writer.close()
+
+
+def _rollup(settings: Settings, database_url: str, metrics: IngestMetrics) -> RollupThread:
+    return RollupThread(database_url=database_url, interval_s=settings.rollup_interval_s,
+                        connect_timeout_s=settings.db_connect_timeout_s, port_failures=metrics.rollup_port_failures)
 
 
 ROLE: IngestRole = _IngestRole()
