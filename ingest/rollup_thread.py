@@ -88,6 +88,11 @@ class RollupThread:
         finally:
             await pool.close()
 
+    @property
+    def ended(self) -> bool:
+        """The thread has finished (after :meth:`close`, or if it ended on its own)."""
+        return self._done is not None and self._done.done()
+
     async def close(self) -> None:
         """Stop after the refresh under way (if any) and wait for the thread."""
         self._stopping.set()
