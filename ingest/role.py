@@ -51,8 +51,10 @@ class _IngestRole:
     async def open_sink(self, *, settings: Settings, database_url: str,
                         metrics: CollectorRegistry | None = None) -> EmbeddedSink:
         ingest_metrics = IngestMetrics.create(metrics if metrics is not None else CollectorRegistry())
-        writer = await TimescaleWriter.connect(database_url=database_url, max_size=settings.ingest_db_pool_max,
-                                               connect_timeout_s=settings.db_connect_timeout_s)
+        writer = await TimescaleWriter.connect(
+            database_url=database_url, max_size=settings.ingest_db_pool_max,
+            connect_timeout_s=settings.db_connect_timeout_s,
+            single_statement_max_rows=settings.inprocess_bus_single_statement_max_rows)
         return EmbeddedSink(writer=MeteredWriter(writer=writer, metrics=ingest_metrics),
                             retention_days=settings.retention_days,
                             rollup=_rollup(settings, database_url, ingest_metrics),
@@ -65,7 +67,8 @@ class _IngestRole:
         ingest_metrics = IngestMetrics.create(metrics)
         writer = MeteredWriter(writer=await TimescaleWriter.connect(
             database_url=database_url, max_size=settings.ingest_db_pool_max,
-            connect_timeout_s=settings.db_connect_timeout_s), metrics=ingest_metrics)
+            connect_timeout_s=settings.db_connect_timeout_s,
+            single_statement_max_rows=settings.ingest_single_statement_max_rows), metrics=ingest_metrics)
         worker = MqttIngestWorker(writer=writer, metrics=ingest_metrics, mqtt_url=settings.mqtt_url,
                                   client_id=f"csms-ingest-{settings.node_id}",
                                   batch_max_rows=settings.ingest_batch_max_rows,

@@ -157,17 +157,24 @@ def _jsonb_decode(data: bytes) -> object:
 
 
 class TimescaleWriter:
-    """Commit event batches idempotently; safe to call concurrently (one connection per batch)."""
+    """Commit event batches idempotently; safe to call concurrently (one connection per batch).
 
-    def __init__(self, *, pool: asyncpg.Pool) -> None:
+    ``single_statement_max_rows``: a batch of only samples and status changes with at most this
+    many rows goes as one statement, a larger one by COPY (ingest/writer_small.py says what each
+    costs the client and the server, and why the two deployments choose differently).
+    """
+
+    def __init__(self, *, pool: asyncpg.Pool, single_statement_max_rows: int = SINGLE_STATEMENT_MAX_ROWS) -> None:
         self._pool = pool
+        self._single_statement_max_rows = single_statement_max_rows
 
     @classmethod
     async def connect(cls, *, database_url: str, min_size: int = 1, max_size: int = 4,
-                      connect_timeout_s: float = 10.0) -> TimescaleWriter:
+                      connect_timeout_s: float = 10.0,
+                      single_statement_max_rows: int = SINGLE_STATEMENT_MAX_ROWS) -> TimescaleWriter:
         pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size,
                                          init=init_connection, reset=keep_session, timeout=connect_timeout_s)
-        return cls(pool=pool)
+        return cls(pool=pool, single_statement_max_rows=single_statement_max_rows)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -179,7 +186,7 @@ class TimescaleWriter:
     async def write_batch(self, events: Sequence[Event]) -> WriteResult:
         rows = _split(events)
         async with self._pool.acquire() as conn:
-            if rows.single_statement():
+            if rows.single_statement(self._single_statement_max_rows):
                 return await _write_single_statement(conn, rows)
             try:
                 result = await _write_rows(conn, rows, _copy_new)
@@ -212,10 +219,10 @@ class _Rows:
     dirty: dict[tuple[str, int], datetime] = field(default_factory=dict)
     _meter_rows: list[tuple[Any, ...]] | None = None
 
-    def single_statement(self) -> bool:
+    def single_statement(self, max_rows: int) -> bool:
         """Only samples and status changes (the steady traffic), few enough: one statement writes them."""
         return (not (self.conns or self.logs or self.boots or self.txs or self.ocpp21)
-                and self.samples + len(self.status) <= SINGLE_STATEMENT_MAX_ROWS)
+                and self.samples + len(self.status) <= max_rows)
 
     def meter_rows(self) -> list[tuple[Any, ...]]:
         """The samples as meter_samples rows (_METER_COLUMNS), for COPY.

@@ -106,8 +106,13 @@ _SINGLE_STATEMENT_DEDUP = _single_statement("ON CONFLICT DO NOTHING")
 # more (jsonb, the sort). Client + server CPU a row and wall time a batch, both paths alternating,
 # 60 batches each (issue 15 note): 100 rows 40.6 us / 4.2 ms against COPY's 50.9 / 4.9, 300 rows
 # 33.1 / 10.1 against 35.8 / 10.3, 500 rows 30.0 / 14.8 against 30.7 / 14.2. Beyond 300 the
-# statement saves the client what it costs the server (the one that does not scale out), so the
-# limit stays there. (With ON CONFLICT in the first run, 300 rows cost 20 % more than COPY.)
+# statement saves the client what it costs the server (2.0 against 7.0 us a row on the client,
+# 15.3 against 11.3 on the server at 500 rows, a later run), so where the writers scale out and
+# the primary is what they share (``csms ingest`` workers behind MQTT) the limit is 300. The
+# one-process deployment (the in-process bus, ``inprocess_bus_single_statement_max_rows``) takes
+# the statement for every batch instead: there the one Python process is the part that does not
+# scale, PostgreSQL runs on cores of its own, the wall time a batch is the same, and the sum of
+# the two is a little lower. (With ON CONFLICT in the first run, 300 rows cost 20 % more than COPY.)
 SINGLE_STATEMENT_MAX_ROWS = 300
 
 

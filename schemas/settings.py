@@ -149,6 +149,12 @@ class Settings:
                                            "connection", roles="run,ingest")
     inprocess_bus_max_pending_rows: int = _opt(50000, "rows the in-process bus holds before publishers wait "
                                                       "(csms run without MQTT)", roles="run")
+    # Why the two differ: ingest/writer_small.py (the statement saves the writer what it costs PostgreSQL).
+    ingest_single_statement_max_rows: int = _opt(300, "an MQTT ingest batch of only samples and status changes "
+                                                      "with at most this many rows is one statement, a larger "
+                                                      "one goes by COPY", roles="run,ingest")
+    inprocess_bus_single_statement_max_rows: int = _opt(5000, "the same limit for the in-process bus's writer "
+                                                              "(csms run without MQTT)", roles="run")
     maintenance_interval_s: float = _opt(3600.0, "how often retention (and compression, where licensed) runs",
                                          roles="run,ingest")
     retention_days: int = _opt(0, "drop time-series chunks older than this (0 = keep)", roles="run,ingest")
@@ -270,10 +276,12 @@ class Settings:
             raise SettingsError("max_connections_per_process must be at least 0 (0 = from the open-files limit)")
         if (self.websocket_max_queue_frames < 1 or self.ingest_db_pool_max < 1 or self.ingest_retry_max_s <= 0
                 or self.inprocess_bus_max_pending_rows < 1 or self.maintenance_interval_s <= 0
+                or self.ingest_single_statement_max_rows < 0 or self.inprocess_bus_single_statement_max_rows < 0
                 or self.http_graceful_shutdown_s < 0 or self.http_start_timeout_s <= 0):
             raise SettingsError("websocket_max_queue_frames, ingest_db_pool_max, ingest_retry_max_s, "
                                 "inprocess_bus_max_pending_rows, maintenance_interval_s and http_start_timeout_s "
-                                "must be positive, http_graceful_shutdown_s at least 0")
+                                "must be positive, http_graceful_shutdown_s and the single-statement row limits "
+                                "at least 0")
         if self.lease_s <= 0 or (self.lease_renew_s is not None and not 0 < self.lease_renew_s < self.lease_s):
             raise SettingsError("lease_s must be positive and lease_renew_s between 0 and lease_s")
         if (self.command_forward_margin_s < 0 or self.command_dedupe_max_entries < 1

@@ -18,8 +18,11 @@ import pytest
 
 from ingest import writer as writer_module
 from ingest import writer_small
+from ingest.role import ROLE
 from ingest.writer import TimescaleWriter
+from ingest.writer_small import SINGLE_STATEMENT_MAX_ROWS
 from schemas.events import ConnectionEvent, Event, MeterEvent, Sample, StatusEvent
+from schemas.settings import Settings, SettingsError
 
 pytestmark = pytest.mark.integration
 
@@ -95,8 +98,12 @@ async def _reset(db: asyncpg.Connection) -> None:
     await db.execute("UPDATE charge_points SET last_seen_at = NULL")
 
 
-async def _run(db_url: str, batches: list[list[Event]]) -> list[tuple[dict[str, int], dict[str, int]]]:
-    writer = await TimescaleWriter.connect(database_url=db_url)
+Counts = list[tuple[dict[str, int], dict[str, int]]]
+
+
+async def _run(db_url: str, batches: list[list[Event]],
+               single_statement_max_rows: int = SINGLE_STATEMENT_MAX_ROWS) -> Counts:
+    writer = await TimescaleWriter.connect(database_url=db_url, single_statement_max_rows=single_statement_max_rows)
     try:
         return [(r.inserted, r.duplicates) for r in [await writer.write_batch(b) for b in batches]]
     finally:
@@ -105,7 +112,7 @@ async def _run(db_url: str, batches: list[list[Event]]) -> list[tuple[dict[str, 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_the_single_statement_stores_and_counts_what_copy_does(
-        db_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+        db_url: str, db: asyncpg.Connection, seed: int) -> None:
     for cp in CHARGERS:
         await db.execute("INSERT INTO charge_points (id) VALUES ($1)", cp)
     rng = random.Random(seed)
@@ -116,8 +123,7 @@ async def test_the_single_statement_stores_and_counts_what_copy_does(
     single = await _run(db_url, batches)
     by_single = await _snapshot(db)
     await _reset(db)
-    monkeypatch.setattr(writer_module, "SINGLE_STATEMENT_MAX_ROWS", 0)  # every batch by COPY
-    by_copy = await _run(db_url, batches)
+    by_copy = await _run(db_url, batches, single_statement_max_rows=0)  # every batch by COPY
 
     assert single == by_copy
     assert by_single == await _snapshot(db)
@@ -139,15 +145,54 @@ async def test_a_batch_with_other_events_or_over_the_limit_goes_by_copy(
         return await real(*args)
 
     monkeypatch.setattr(writer_module, "write_single_statement", counting)
-    monkeypatch.setattr(writer_module, "SINGLE_STATEMENT_MAX_ROWS", 3)
     meter = MeterEvent(charge_point_id="CP1", received_at=T0, evse_id=1, connector_id=1, transaction_uid="",
                        samples=[Sample(T0 + timedelta(seconds=i), "Voltage", "", "Outlet", "Sample.Periodic",
                                        230.0, "V", "230", "V") for i in range(3)])
     more = MeterEvent(charge_point_id="CP1", received_at=T0, evse_id=1, connector_id=2, transaction_uid="",
                       samples=meter.samples)
     boot = ConnectionEvent(charge_point_id="CP1", received_at=T0, time=T0, event="connected", node_id="n1")
-    results = await _run(db_url, [[meter], [meter, more], [more, boot]])
+    results = await _run(db_url, [[meter], [meter, more], [more, boot]], single_statement_max_rows=3)
     assert calls == [1]  # one MeterEvent (3 rows); the 6-row batch and the one with a connection event by COPY
     assert [r[0].get("meter_samples") for r in results] == [3, 3, 0]
     assert await db.fetchval("SELECT count(*) FROM meter_samples") == 6
     assert await db.fetchval("SELECT last_seen_at FROM charge_points WHERE id = 'CP1'") == T0
+
+
+def _meter(connector_id: int, rows: int) -> MeterEvent:
+    return MeterEvent(charge_point_id="CP1", received_at=T0, evse_id=1, connector_id=connector_id, transaction_uid="",
+                      samples=[Sample(T0 + timedelta(seconds=i), "Voltage", "", "Outlet", "Sample.Periodic",
+                                      230.0, "V", "230", "V") for i in range(rows)])
+
+
+async def test_the_in_process_sink_takes_its_own_limit_from_the_settings(
+        db_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    await db.execute("INSERT INTO charge_points (id) VALUES ('CP1')")
+    calls: list[int] = []
+    real = writer_small.write_single_statement
+
+    async def counting(*args: Any) -> tuple[int, int]:
+        calls.append(sum(len(m.samples) for m in args[1]))
+        return await real(*args)
+
+    monkeypatch.setattr(writer_module, "write_single_statement", counting)
+    settings = Settings(inprocess_bus_single_statement_max_rows=400, ingest_single_statement_max_rows=3)
+    sink = await ROLE.open_sink(settings=settings, database_url=db_url)
+    try:
+        await sink.write([_meter(1, 350)])  # over the MQTT ingest's 300 (and this test's 3), within 400
+        await sink.write([_meter(2, 250), _meter(3, 250)])  # 500 rows: by COPY
+    finally:
+        await sink.close()
+    assert calls == [350]
+    assert await db.fetchval("SELECT count(*) FROM meter_samples") == 850
+
+
+def test_the_in_process_default_covers_a_whole_batch_and_the_limits_are_checked() -> None:
+    defaults = Settings()
+    # The one-process deployment writes every batch of the in-process bus as the one statement.
+    assert defaults.inprocess_bus_single_statement_max_rows >= defaults.ingest_batch_max_rows
+    assert defaults.ingest_single_statement_max_rows == SINGLE_STATEMENT_MAX_ROWS == 300
+    assert Settings(ingest_single_statement_max_rows=0).ingest_single_statement_max_rows == 0  # 0 = always COPY
+    with pytest.raises(SettingsError, match="single-statement row limits"):
+        Settings(ingest_single_statement_max_rows=-1)
+    with pytest.raises(SettingsError, match="single-statement row limits"):
+        Settings(inprocess_bus_single_statement_max_rows=-1)
