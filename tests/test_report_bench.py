@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
-from csms.bench import reports
+from csms.bench import ocpp_throughput, reports
 
 pytestmark = pytest.mark.integration
 
@@ -30,3 +32,17 @@ async def test_report_benchmark_runs_every_report_on_generated_history(empty_db_
     finally:
         await conn.close()
     assert occupied == pytest.approx(float(spans))
+
+
+async def test_the_throughput_benchmark_rolls_up_what_is_stored_before_a_csms_server_starts(
+        db_url: str, db: asyncpg.Connection) -> None:
+    # A status an hour ago: the roll-up's first refresh starts at its quarter hour (ingest/rollup.py).
+    await db.execute("INSERT INTO charge_points (id) VALUES ('CP1')")
+    await db.execute("INSERT INTO connector_status (time, charge_point_id, evse_id, connector_id, status, received_at)"
+                     " VALUES (now() - interval '1 hour', 'CP1', 1, 1, 'Available', now())")
+    assert await db.fetchval("SELECT rolled_until FROM port_state_watermark") is None
+    await asyncio.to_thread(ocpp_throughput._settle_rollup, db_url)
+    # Up to the last whole quarter hour, so a csms server's own refresh at start has nothing to catch up.
+    assert await db.fetchval(
+        "SELECT rolled_until >= date_bin('15 minutes', now() - interval '15 minutes', timestamptz '2000-01-01') "
+        "FROM port_state_watermark")

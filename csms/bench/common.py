@@ -7,6 +7,7 @@ time and resident memory can be read from ``/proc`` without counting the load ge
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -109,6 +111,18 @@ def start_mosquitto(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc, timeout_s=20)
     return proc, f"mqtt://127.0.0.1:{port}"
+
+
+def rollup_once(database_url: str, *, now: datetime | None = None) -> dict[str, Any]:
+    """One refresh of the ingest side's roll-up, as its own process (``csms`` never imports
+    ``ingest``): its figures, ``ran`` false when another refresher held the lock."""
+    cmd = [sys.executable, "-m", "ingest.rollup", "--database-url", database_url]
+    done = subprocess.run([*cmd, "--now", now.isoformat()] if now else cmd, capture_output=True, text=True,
+                          check=False)
+    if done.returncode not in (0, 1) or not done.stdout.strip():
+        raise RuntimeError(f"the roll-up failed (exit {done.returncode}): {done.stderr[-500:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def csms_serve(*, database_url: str, port: int, data_dir: Path, log: IO[bytes] | None = None,

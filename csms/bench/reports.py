@@ -37,6 +37,7 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from csms.api.app import create_app
+from csms.bench.common import rollup_once
 from csms.bench.report_history import existing_history, generate, month_start
 from csms.reporting import evchart
 from csms.run.embedded_pg import EmbeddedPostgres
@@ -259,14 +260,9 @@ async def time_reports(pool: asyncpg.Pool, *, end: datetime, months: int, repeat
 
 
 async def _rollup(database_url: str, end: datetime) -> dict[str, Any]:
-    """The ingest side's roll-up, as its own process (``csms`` never imports ``ingest``)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ingest.rollup", "--database-url", database_url, "--now", end.isoformat(),
-        stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"the roll-up failed (exit {proc.returncode})")
-    result: dict[str, Any] = json.loads(out)
+    result = await asyncio.to_thread(rollup_once, database_url, now=end)
+    if not result.get("ran"):
+        raise RuntimeError("the roll-up did not run (another refresher held its lock)")
     return result
 
 
