@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -134,47 +135,43 @@ async def test_the_single_statement_stores_and_counts_what_copy_does(
     assert sum(d.get("meter_samples", 0) for _, d in single) > 0  # the repeats were absorbed, not stored
 
 
-async def test_a_batch_with_other_events_or_over_the_limit_goes_by_copy(
-        db_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
-    await db.execute("INSERT INTO charge_points (id) VALUES ('CP1')")
-    calls: list[int] = []
-    real = writer_small.write_single_statement
-
-    async def counting(*args: Any) -> tuple[int, int]:
-        calls.append(len(args[1]))
-        return await real(*args)
-
-    monkeypatch.setattr(writer_module, "write_single_statement", counting)
-    meter = MeterEvent(charge_point_id="CP1", received_at=T0, evse_id=1, connector_id=1, transaction_uid="",
-                       samples=[Sample(T0 + timedelta(seconds=i), "Voltage", "", "Outlet", "Sample.Periodic",
-                                       230.0, "V", "230", "V") for i in range(3)])
-    more = MeterEvent(charge_point_id="CP1", received_at=T0, evse_id=1, connector_id=2, transaction_uid="",
-                      samples=meter.samples)
-    boot = ConnectionEvent(charge_point_id="CP1", received_at=T0, time=T0, event="connected", node_id="n1")
-    results = await _run(db_url, [[meter], [meter, more], [more, boot]], single_statement_max_rows=3)
-    assert calls == [1]  # one MeterEvent (3 rows); the 6-row batch and the one with a connection event by COPY
-    assert [r[0].get("meter_samples") for r in results] == [3, 3, 0]
-    assert await db.fetchval("SELECT count(*) FROM meter_samples") == 6
-    assert await db.fetchval("SELECT last_seen_at FROM charge_points WHERE id = 'CP1'") == T0
-
-
 def _meter(connector_id: int, rows: int) -> MeterEvent:
     return MeterEvent(charge_point_id="CP1", received_at=T0, evse_id=1, connector_id=connector_id, transaction_uid="",
                       samples=[Sample(T0 + timedelta(seconds=i), "Voltage", "", "Outlet", "Sample.Periodic",
                                       230.0, "V", "230", "V") for i in range(rows)])
 
 
+def _record_single_statements(monkeypatch: pytest.MonkeyPatch) -> list[Sequence[MeterEvent]]:
+    """The MeterEvents of each batch that went as the single statement, in order."""
+    calls: list[Sequence[MeterEvent]] = []
+    real = writer_small.write_single_statement
+
+    async def recording(*args: Any) -> tuple[int, int]:
+        calls.append(args[1])
+        return await real(*args)
+
+    monkeypatch.setattr(writer_module, "write_single_statement", recording)
+    return calls
+
+
+async def test_a_batch_with_other_events_or_over_the_limit_goes_by_copy(
+        db_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    await db.execute("INSERT INTO charge_points (id) VALUES ('CP1')")
+    calls = _record_single_statements(monkeypatch)
+    meter, more = _meter(1, 3), _meter(2, 3)
+    boot = ConnectionEvent(charge_point_id="CP1", received_at=T0, time=T0, event="connected", node_id="n1")
+    results = await _run(db_url, [[meter], [meter, more], [more, boot]], single_statement_max_rows=3)
+    # One MeterEvent (3 rows); the 6-row batch and the one with a connection event by COPY.
+    assert [len(m) for m in calls] == [1]
+    assert [r[0].get("meter_samples") for r in results] == [3, 3, 0]
+    assert await db.fetchval("SELECT count(*) FROM meter_samples") == 6
+    assert await db.fetchval("SELECT last_seen_at FROM charge_points WHERE id = 'CP1'") == T0
+
+
 async def test_the_in_process_sink_takes_its_own_limit_from_the_settings(
         db_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     await db.execute("INSERT INTO charge_points (id) VALUES ('CP1')")
-    calls: list[int] = []
-    real = writer_small.write_single_statement
-
-    async def counting(*args: Any) -> tuple[int, int]:
-        calls.append(sum(len(m.samples) for m in args[1]))
-        return await real(*args)
-
-    monkeypatch.setattr(writer_module, "write_single_statement", counting)
+    calls = _record_single_statements(monkeypatch)
     settings = Settings(inprocess_bus_single_statement_max_rows=400, ingest_single_statement_max_rows=3)
     sink = await ROLE.open_sink(settings=settings, database_url=db_url)
     try:
@@ -182,7 +179,7 @@ async def test_the_in_process_sink_takes_its_own_limit_from_the_settings(
         await sink.write([_meter(2, 250), _meter(3, 250)])  # 500 rows: by COPY
     finally:
         await sink.close()
-    assert calls == [350]
+    assert [sum(len(e.samples) for e in m) for m in calls] == [350]
     assert await db.fetchval("SELECT count(*) FROM meter_samples") == 850
 
 
